@@ -4,7 +4,7 @@
 # resolves exactly as it does for users.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-py=$(realpath "${PYTHON:-$root/.venv/bin/python}")
+py="${PYTHON:-$root/.venv/bin/python}"; py="$(cd "$(dirname "$py")" && pwd)/$(basename "$py")"
 target=$(mktemp -d)
 trap 'rm -rf "$target" "$root/build" "$root/streamkit.egg-info"' EXIT
 cd "$root"
