@@ -1,0 +1,1 @@
+"""Sources, sinks, dead-letter stores and checkpoint stores, one package per service."""

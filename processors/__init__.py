@@ -1,0 +1,1 @@
+"""Built-in processors. Each registers under the ``streamkit.processors`` entry-point group."""

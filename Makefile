@@ -1,0 +1,41 @@
+# The two quick-start commands are `make demo` and `make test`; both install what they need first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.streamkit-installed
+PYTHON ?= python3
+
+.PHONY: setup demo test check lint typecheck bench clean
+
+setup: $(STAMP) node_modules/.streamkit-installed
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,kafka,parquet]' 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -c "import streamkit, confluent_kafka, pyarrow, moto, pytest"
+	touch $@
+
+# kinesalite and kinesis-local (Kinesis stand-ins) come from the npm registry, pinned by package-lock.json.
+node_modules/.streamkit-installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: setup
+	$(VENV)/bin/streamkit demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	bash scripts/typecheck.sh
+
+check: lint typecheck
+
+test: check
+	$(VENV)/bin/pytest
+
+bench: setup
+	$(PY) benchmarks/pipeline_overhead.py
+
+clean:
+	rm -rf $(VENV) node_modules build *.egg-info .pytest_cache .mypy_cache .ruff_cache demo-output

@@ -1,0 +1,68 @@
+"""``map``: project and rename fields (``{user_id: user.id, status: status}``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from streamkit.batch import RecordBatch
+from streamkit.errors import ConfigError
+from streamkit.predicates import MISSING, field_getter
+from streamkit.processor import ProcessContext
+
+
+class Map:
+    """Build each output record from named fields of the input.
+
+    ``fields`` maps output names to input paths (a list keeps names as they are). A missing input field is
+    left out (``missing: omit``), set to null (``missing: null``), or fails the record (``missing: fail``).
+    """
+
+    name = "map"
+
+    class Options(msgspec.Struct, forbid_unknown_fields=True):
+        fields: dict[str, str] | list[str]
+        missing: Literal["omit", "null", "fail"] = "omit"
+
+    def __init__(self, options: Options, env: Any) -> None:
+        mapping = options.fields if isinstance(options.fields, dict) else {f: f for f in options.fields}
+        if not mapping:
+            raise ConfigError(getattr(env, "where", "processors[?]") + ".fields", "expected at least one field")
+        self.getters = [(out, field_getter(path), path) for out, path in mapping.items()]
+        self.missing = options.missing
+        # One dict comprehension per record is the fast path when all paths are plain keys.
+        self.flat = {out: path for out, path in mapping.items() if "." not in path}
+        self.all_flat = len(self.flat) == len(mapping)
+
+    def __call__(self, batch: RecordBatch, ctx: ProcessContext) -> RecordBatch | None:
+        values = batch.values
+        if self.missing == "omit" and self.all_flat:
+            items = list(self.flat.items())
+            out = [{o: v[p] for o, p in items if p in v} if isinstance(v, dict) else {} for v in values]
+            return batch.with_values(out)
+        return self._general(batch, ctx)
+
+    def _general(self, batch: RecordBatch, ctx: ProcessContext) -> RecordBatch | None:
+        out: list[dict[str, Any]] = []
+        keep: list[bool] = []
+        for i, value in enumerate(batch.values):
+            record: dict[str, Any] = {}
+            ok = True
+            for name, get, path in self.getters:
+                found = get(value)
+                if found is MISSING:
+                    if self.missing == "fail":
+                        ctx.fail(batch, [i], f"field {path!r} is missing")
+                        ok = False
+                        break
+                    if self.missing == "null":
+                        record[name] = None
+                    continue
+                record[name] = found
+            keep.append(ok)
+            if ok:
+                out.append(record)
+        if not out:
+            return None
+        return batch.select(keep).with_values(out)

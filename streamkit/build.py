@@ -1,0 +1,142 @@
+"""Turn a validated :class:`~streamkit.config.PipelineConfig` into a runnable :class:`~streamkit.runtime.Pipeline`.
+
+Every plugin section is validated by the plugin's ``Options`` before anything connects, so ``streamkit
+validate`` and ``streamkit run`` report every configuration mistake at start-up with its key path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from streamkit.checkpoint import CheckpointStore
+from streamkit.config import AwsSettings, CheckpointSettings, PipelineConfig, convert
+from streamkit.deadletter import DeadLetterQueue
+from streamkit.errors import ConfigError
+from streamkit.metrics import Metrics
+from streamkit.plugins import Kind, load_plugin, resolve_reference
+from streamkit.predicates import batch_predicate, compile_values_predicate
+from streamkit.processor import Chain, Processor, as_processor
+from streamkit.runtime import Pipeline, Route
+from streamkit.sink import Sink
+from streamkit.source import Source
+
+
+@dataclass(frozen=True)
+class BuildEnv:
+    """What plugins receive besides their options."""
+
+    pipeline: str
+    aws: AwsSettings
+    base_dir: Path
+    where: str = ""
+    """The key path of the section being built, for error messages."""
+
+    def resolve(self, reference: str, where: str) -> Any:
+        return resolve_reference(reference, where)
+
+    def path(self, value: str) -> Path:
+        """A path from the configuration: relative paths are relative to the pipeline file."""
+        return (self.base_dir / value).resolve()
+
+
+def _plugin_type(section: dict[str, Any], where: str) -> str:
+    kind = section.get("type")
+    if not isinstance(kind, str) or not kind:
+        raise ConfigError(f"{where}.type", "missing: every section names its type (see `streamkit plugins`)")
+    return kind
+
+
+def build_plugin(kind: Kind, section: dict[str, Any], where: str, env: BuildEnv, core_keys: set[str]) -> Any:
+    """Load the plugin named by ``section['type']`` and construct it with its validated options."""
+    cls = load_plugin(kind, _plugin_type(section, where), f"{where}.type")
+    raw = {k: v for k, v in section.items() if k not in core_keys | {"type"}}
+    options_type = getattr(cls, "Options", None)
+    if options_type is None:
+        if raw:
+            raise ConfigError(f"{where}.{next(iter(raw))}", f"{section['type']} takes no options")
+        return cls(None, replace(env, where=where))
+    options = convert(raw, options_type, where)
+    return cls(options, replace(env, where=where))
+
+
+def build_processor(section: dict[str, Any], where: str, env: BuildEnv) -> Processor:
+    if "callable" in section:
+        allowed = {"callable", "name", "with_metadata", "options"}
+        extra = sorted(set(section) - allowed)
+        if extra:
+            raise ConfigError(f"{where}.{extra[0]}", f"unknown key; a callable processor takes {sorted(allowed)}")
+        target = resolve_reference(str(section["callable"]), f"{where}.callable")
+        options = section.get("options") or {}
+        if not isinstance(options, dict):
+            raise ConfigError(f"{where}.options", "expected a mapping of keyword arguments")
+        if isinstance(target, type):
+            try:
+                target = target(**options)
+            except TypeError as exc:
+                raise ConfigError(f"{where}.options", f"cannot construct {section['callable']}: {exc}") from None
+        elif options:
+            raise ConfigError(f"{where}.options", "options are only passed to classes; functions take none")
+        processor = as_processor(target, with_metadata=bool(section.get("with_metadata", False)))
+    else:
+        processor = build_plugin("processor", section, where, env, {"name"})
+    label = section.get("name")
+    if label:
+        with contextlib.suppress(AttributeError):  # a plain function keeps its own name
+            processor.name = str(label)  # type: ignore[attr-defined]
+    return processor
+
+
+def build_route(section: dict[str, Any], index: int, env: BuildEnv) -> Route:
+    where = f"sinks[{index}]"
+    sink: Sink = build_plugin("sink", section, where, env, {"name", "when"})
+    name = str(section.get("name") or f"{section['type']}-{index}")
+    predicate = None
+    if section.get("when") is not None:
+        predicate = batch_predicate(compile_values_predicate(section["when"], f"{where}.when", env.resolve))
+    return Route(name, sink, predicate)
+
+
+def build_pipeline(config: PipelineConfig, *, metrics: Metrics | None = None) -> Pipeline:
+    try:
+        return _build(config, metrics)
+    except ConfigError as exc:
+        raise exc.within(config.origin) from None
+
+
+def _build(config: PipelineConfig, metrics: Metrics | None) -> Pipeline:
+    env = BuildEnv(config.name, config.aws, config.base_dir)
+    source: Source = build_plugin("source", config.source, "source", env, set())
+    processors = [build_processor(p, f"processors[{i}]", env) for i, p in enumerate(config.processors)]
+    routes = [build_route(s, i, env) for i, s in enumerate(config.sinks)]
+    names = [r.name for r in routes]
+    duplicate = next((n for n in names if names.count(n) > 1), None)
+    if duplicate:
+        raise ConfigError("sinks", f"two sinks are named {duplicate!r}; sink names must be unique")
+    dead_letters: DeadLetterQueue | None = None
+    if config.dead_letter is not None:
+        dead_letters = build_plugin("dead_letter", config.dead_letter, "dead_letter", env, set())
+        dead_letters.pipeline = config.name
+    checkpoint_section = config.checkpoint or {"type": "memory"}
+    settings = convert(
+        {k: v for k, v in checkpoint_section.items() if k in ("type", "interval_s")},
+        CheckpointSettings,
+        "checkpoint",
+    )
+    store: CheckpointStore = build_plugin("checkpoint", checkpoint_section, "checkpoint", env, {"interval_s"})
+    metrics = metrics or Metrics()
+    for route in routes:
+        route.sink.bind(route.name, dead_letters, metrics)
+    return Pipeline(
+        name=config.name,
+        source=source,
+        chain=Chain(processors, fail_fast=config.runtime.fail_fast),
+        routes=routes,
+        dead_letters=dead_letters,
+        store=store,
+        settings=config.runtime,
+        checkpoint_interval_s=settings.interval_s,
+        metrics=metrics,
+    )

@@ -1,0 +1,160 @@
+"""The ``streamkit`` command: run, validate, demo, plugins.
+
+Exit codes: 0 success (including a clean stop on SIGTERM/SIGINT), 1 the pipeline failed while running,
+2 the configuration is invalid (nothing was started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from streamkit import log as logsetup
+from streamkit.errors import ConfigError, StreamkitError
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamkit", description="Streaming ingestion for AWS, in Python.")
+    parser.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a pipeline until stopped (SIGTERM/SIGINT drain and checkpoint)")
+    run.add_argument("pipeline", type=Path, help="the pipeline YAML file")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="print a progress line (default: when stderr is a terminal)")  # fmt: skip
+
+    validate = sub.add_parser("validate", help="check a pipeline file completely without connecting anywhere")
+    validate.add_argument("pipeline", type=Path)
+
+    demo = sub.add_parser("demo", help="run a realistic pipeline on local stand-ins, no AWS account needed")
+    demo.add_argument("--records", type=int, default=20_000, help="records per partition")
+    demo.add_argument("--partitions", type=int, default=4)
+    demo.add_argument("--output", type=Path, default=Path("demo-output"))
+
+    sub.add_parser("plugins", help="list installed sources, sinks, processors and stores")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logsetup.configure(args.log_format, args.log_level)
+    try:
+        if args.command == "run":
+            return asyncio.run(run_pipeline(args.pipeline, progress=args.progress))
+        if args.command == "validate":
+            return validate(args.pipeline)
+        if args.command == "demo":
+            from streamkit.demo import run_demo
+
+            return asyncio.run(run_demo(args.output, records=args.records, partitions=args.partitions))
+        if args.command == "plugins":
+            return list_plugins()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StreamkitError as exc:
+        print(f"pipeline failed: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_FAILED
+
+
+def validate(path: Path) -> int:
+    from streamkit.build import build_pipeline
+    from streamkit.config import load_config
+
+    config = load_config(path)
+    pipeline = build_pipeline(config)
+    print(f"{path}: valid pipeline {pipeline.name!r}")
+    print(f"  source     {config.source['type']}")
+    for i, section in enumerate(config.processors):
+        print(f"  processor  [{i}] {section.get('type') or section.get('callable')}")
+    for route in pipeline.routes:
+        print(f"  sink       {route.name} ({type(route.sink).__name__}){' when ...' if route.predicate else ''}")
+    if pipeline.dead_letters is None:
+        print("  warning    no dead_letter configured: a failed record stops the pipeline")
+    return EXIT_OK
+
+
+def list_plugins() -> int:
+    from streamkit.plugins import GROUPS, available
+
+    for kind in GROUPS:
+        print(f"{kind.replace('_', ' ')}s:")
+        for info in available(kind):
+            print(f"  {info.name:<16} {info.target}  ({info.distribution})")
+    return EXIT_OK
+
+
+async def run_pipeline(path: Path, *, progress: bool | None = None) -> int:
+    from streamkit.build import build_pipeline
+    from streamkit.config import load_config
+    from streamkit.runtime import Runtime
+
+    config = load_config(path)
+    pipeline = build_pipeline(config)
+    runtime = Runtime(pipeline)
+    stop = asyncio.Event()
+    log = structlog.get_logger("streamkit")
+    install_stop_signals(stop, log)
+    show = sys.stderr.isatty() if progress is None else progress
+    reporter = asyncio.create_task(report_progress(runtime, config.runtime.progress_interval_s)) if show else None
+    try:
+        summary = await runtime.run(stop)
+    except Exception as exc:
+        for error in leaf_errors(exc):
+            if isinstance(error, StreamkitError):
+                log.error("pipeline failed", error=str(error))
+            else:
+                log.error("pipeline failed", error=repr(error), exc_info=error)
+        return EXIT_FAILED
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+    log.info(
+        "pipeline stopped",
+        records_in=summary.records_in,
+        dead_lettered=summary.dead_lettered,
+        drained=summary.drained,
+        elapsed_s=round(summary.elapsed_s, 2),
+    )
+    return EXIT_OK
+
+
+def leaf_errors(exc: BaseException) -> list[BaseException]:
+    """The individual errors inside (possibly nested) exception groups from task groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaf_errors(inner)]
+    return [exc]
+
+
+def install_stop_signals(stop: asyncio.Event, log: structlog.typing.FilteringBoundLogger) -> None:
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signame: str) -> None:
+        log.info("stop requested: draining in-flight records", signal=signame)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, on_signal, sig.name)
+
+
+async def report_progress(runtime: object, interval: float) -> None:
+    metrics = runtime.metrics  # type: ignore[attr-defined]
+    while True:
+        await asyncio.sleep(interval)
+        print(f"progress: {metrics.progress_line()}", file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""The pipeline file: loading, ``${ENV}`` interpolation, and complete validation at start-up.
+
+Everything is checked before any connection is made, so a typo fails the deploy, not the 3 a.m. batch. An
+error names the key path (``sinks[1].max_records``), the bad value and what is allowed. Each plugin's own
+section is validated by the plugin's ``Options`` struct under the same path rules.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import yaml
+
+from streamkit.errors import ConfigError
+
+T = TypeVar("T")
+
+_SIZE_UNITS = {
+    "": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3,
+}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+TOP_LEVEL_KEYS = ("name", "source", "processors", "sinks", "dead_letter", "checkpoint", "aws", "runtime")
+
+
+def parse_size(value: Any, where: str) -> int:
+    """``"4MiB"``, ``"500kb"`` or a number of bytes, as an int."""
+    if isinstance(value, bool):
+        raise ConfigError(where, f"expected a size such as 4MiB or 1048576, got {value!r}")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ConfigError(where, f"expected a positive size, got {value}")
+        return value
+    match = _SIZE.match(str(value))
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in _SIZE_UNITS:
+        raise ConfigError(where, f"expected a size such as 4MiB, 500kB or 1048576, got {value!r}")
+    size = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    if size <= 0:
+        raise ConfigError(where, f"expected a positive size, got {value!r}")
+    return size
+
+
+class Size(int):
+    """A byte size in options: accepts ``4MiB`` / ``500kB`` strings or a number of bytes."""
+
+
+def _dec_hook(tp: type, obj: Any) -> Any:
+    if tp is Size:
+        try:
+            return Size(parse_size(obj, ""))
+        except ConfigError as exc:
+            # msgspec adds the key path to a ValueError raised here.
+            raise ValueError(str(exc).removeprefix(": ")) from None
+    raise NotImplementedError(f"cannot convert {obj!r} to {tp}")
+
+
+def convert(data: Any, kind: type[T], where: str) -> T:
+    """Validate ``data`` as ``kind`` (a msgspec Struct), with errors that name ``where`` + the inner path."""
+    try:
+        return msgspec.convert(data, kind, strict=False, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        message, _, at = str(exc).partition(" - at `")
+        inner = at.rstrip("`").removeprefix("$")
+        if not inner and (unknown := re.search(r"field `([^`]+)`", message)):
+            # msgspec reports unknown and missing keys at the parent; name the key itself.
+            inner = f".{unknown.group(1)}"
+        path = f"{where}{inner}".lstrip(".")
+        raise ConfigError(path or "(top level)", _friendly(message)) from None
+
+
+def _friendly(message: str) -> str:
+    message = message.replace("Object contains unknown field", "unknown key")
+    message = message.replace("Object missing required field", "missing required key")
+    return message.replace("`", "'")
+
+
+def interpolate(node: Any, path: str = "", env: Mapping[str, str] | None = None) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; an unset variable without default fails."""
+    environ = os.environ if env is None else env
+    if isinstance(node, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(path or "(top level)", f"environment variable {name} is not set and has no default")
+
+        replaced = _ENV.sub(substitute, node)
+        if replaced != node and _ENV.fullmatch(node):
+            # A whole-value reference may be a number or boolean: let YAML type it like a literal.
+            try:
+                return yaml.safe_load(replaced) if replaced.strip() else replaced
+            except yaml.YAMLError:
+                return replaced
+        return replaced
+    if isinstance(node, list):
+        return [interpolate(item, f"{path}[{i}]", environ) for i, item in enumerate(node)]
+    if isinstance(node, dict):
+        return {k: interpolate(v, f"{path}.{k}" if path else str(k), environ) for k, v in node.items()}
+    return node
+
+
+class AwsSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Region and endpoints. Credentials come only from the standard AWS chain, never from this file."""
+
+    region: str | None = None
+    endpoints: dict[str, str] = msgspec.field(default_factory=dict)
+    """Service name (kinesis, dynamodb, s3, firehose, timestream-write) -> endpoint URL, for local stand-ins."""
+
+    def client_kwargs(self, service: str) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self.region:
+            kwargs["region_name"] = self.region
+        endpoint = self.endpoints.get(service)
+        if endpoint:
+            kwargs["endpoint_url"] = endpoint
+        return kwargs
+
+
+class RuntimeSettings(msgspec.Struct, forbid_unknown_fields=True):
+    shutdown_grace_s: float = 25.0
+    """SIGTERM -> drained, checkpointed and exited within this many seconds (ECS stopTimeout is 30 s)."""
+    max_bytes_in_flight: Size = Size(64 * 1024**2)
+    """Memory budget: payload bytes taken from sources and not yet finished. Fetching waits above it."""
+    fail_fast: bool = False
+    """Stop the pipeline at the first record a processor fails on, instead of dead-lettering it."""
+    progress_interval_s: float = 5.0
+
+
+class CheckpointSettings(msgspec.Struct, forbid_unknown_fields=False):
+    type: str = "memory"
+    interval_s: float = 5.0
+    """How often acknowledged positions are written; also written on shutdown and partition hand-off."""
+
+
+@dataclass
+class PipelineConfig:
+    """The validated, unbuilt pipeline file. Plugin sections stay mappings until :mod:`streamkit.build`."""
+
+    name: str
+    source: dict[str, Any]
+    processors: list[dict[str, Any]]
+    sinks: list[dict[str, Any]]
+    dead_letter: dict[str, Any] | None
+    checkpoint: dict[str, Any] | None
+    aws: AwsSettings
+    runtime: RuntimeSettings
+    base_dir: Path = field(default_factory=Path.cwd)
+    origin: str = "<config>"
+
+
+def _section(data: Mapping[str, Any], key: str, kind: type, required: bool) -> Any:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(key, "missing required section")
+        return None
+    if not isinstance(value, kind):
+        expected = "a mapping" if kind is dict else "a list"
+        raise ConfigError(key, f"expected {expected}, got {type(value).__name__}")
+    return value
+
+
+def parse_config(data: Any, *, origin: str = "<config>", base_dir: Path | None = None) -> PipelineConfig:
+    """Validate the top level of a pipeline file (plugin sections are checked when built)."""
+    if not isinstance(data, dict):
+        raise ConfigError("", "a pipeline file must be a mapping with source, processors and sinks", source=origin)
+    try:
+        unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown top-level key; allowed: {', '.join(TOP_LEVEL_KEYS)}")
+        data = interpolate(data)
+        name = data.get("name", "pipeline")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", name):
+            raise ConfigError("name", f"expected letters, digits, '.', '_' or '-' (1-128), got {name!r}")
+        source = _section(data, "source", dict, True)
+        processors = _section(data, "processors", list, False) or []
+        sinks = _section(data, "sinks", list, True)
+        if not sinks:
+            raise ConfigError("sinks", "at least one sink is required")
+        for key, items in (("processors", processors), ("sinks", sinks)):
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    raise ConfigError(f"{key}[{i}]", f"expected a mapping, got {item!r}")
+        return PipelineConfig(
+            name=name,
+            source=source,
+            processors=processors,
+            sinks=sinks,
+            dead_letter=_section(data, "dead_letter", dict, False),
+            checkpoint=_section(data, "checkpoint", dict, False),
+            aws=convert(data.get("aws") or {}, AwsSettings, "aws"),
+            runtime=convert(data.get("runtime") or {}, RuntimeSettings, "runtime"),
+            base_dir=base_dir or Path.cwd(),
+            origin=origin,
+        )
+    except ConfigError as exc:
+        raise exc.within(origin) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read pipeline file: {exc.strerror}", source=str(file)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"invalid YAML: {exc}", source=str(file)) from None
+    return parse_config(data, origin=str(file), base_dir=file.resolve().parent)

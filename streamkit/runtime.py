@@ -1,0 +1,364 @@
+"""The runtime: one ordered task per partition, sinks batching across partitions, checkpoints, shutdown.
+
+Structured concurrency throughout: every task lives in one :class:`asyncio.TaskGroup`, so a failing
+partition, sink or checkpoint write stops the pipeline with its error instead of vanishing. A stop
+(SIGTERM, SIGINT, or a finite source running out) stops fetching, drains in-flight records to the sinks,
+writes the final checkpoints and releases partitions, within the configured grace period. If draining
+does not finish in time, what was acknowledged is still checkpointed: nothing unacknowledged ever is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from streamkit.acks import AckTicket, PartitionTracker
+from streamkit.backpressure import ByteBudget
+from streamkit.batch import BoolArray, Partition, RecordBatch
+from streamkit.checkpoint import CheckpointStore
+from streamkit.config import RuntimeSettings
+from streamkit.deadletter import DeadLetterQueue
+from streamkit.errors import CheckpointRejected, ProcessingError
+from streamkit.metrics import Metrics
+from streamkit.processor import Chain, Failure
+from streamkit.sink import Sink
+from streamkit.source import PartitionReader, Source
+
+log = structlog.get_logger("streamkit.runtime")
+
+
+@dataclass
+class Route:
+    """A sink and the predicate that selects the records it receives (None: all of them)."""
+
+    name: str
+    sink: Sink
+    predicate: Callable[[RecordBatch], BoolArray] | None = None
+
+
+@dataclass
+class Pipeline:
+    """A built pipeline: connected components, ready to run."""
+
+    name: str
+    source: Source
+    chain: Chain
+    routes: list[Route]
+    dead_letters: DeadLetterQueue | None
+    store: CheckpointStore
+    settings: RuntimeSettings = field(default_factory=RuntimeSettings)
+    checkpoint_interval_s: float = 5.0
+    metrics: Metrics = field(default_factory=Metrics)
+
+
+@dataclass
+class RunSummary:
+    records_in: int
+    dead_lettered: int
+    checkpoints: dict[Partition, str]
+    drained: bool
+    """False when the grace period ran out before every in-flight record was acknowledged."""
+    elapsed_s: float
+
+
+@dataclass
+class _PartitionState:
+    reader: PartitionReader
+    tracker: PartitionTracker
+    task: asyncio.Task[None] | None = None
+    lost: bool = False
+
+
+class Runtime:
+    """Runs a :class:`Pipeline` until stopped. Implements the source's :class:`PartitionHost`."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.metrics = pipeline.metrics
+        self.store: CheckpointStore = pipeline.source.checkpoint_store() or pipeline.store
+        self._budget = ByteBudget(pipeline.settings.max_bytes_in_flight)
+        self._partitions: dict[Partition, _PartitionState] = {}
+        self._last_saved: dict[Partition, str] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._checkpoint_lock = asyncio.Lock()
+        self._partition_ended = asyncio.Event()
+        self._ticket_done = asyncio.Event()
+        self.ready = asyncio.Event()
+        """Set once start-up finished (clients open, source running)."""
+
+    @property
+    def sinks(self) -> list[Sink]:
+        return [route.sink for route in self.pipeline.routes]
+
+    @property
+    def held_partitions(self) -> list[Partition]:
+        return [p for p, s in self._partitions.items() if not s.lost]
+
+    @property
+    def budget(self) -> ByteBudget:
+        return self._budget
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> RunSummary:
+        pipeline = self.pipeline
+        started = time.monotonic()
+        await self._start()
+        sinks_stop = asyncio.Event()
+        drained = True
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                for sink in self.sinks:
+                    tg.create_task(sink.run(sinks_stop), name=f"sink:{sink.name}")
+                if pipeline.dead_letters is not None:
+                    tg.create_task(pipeline.dead_letters.run(sinks_stop), name="dead-letter")
+                checkpoints = tg.create_task(self._checkpoint_loop(sinks_stop), name="checkpoints")
+                source_task = tg.create_task(pipeline.source.run(self, stop), name="source")
+                self.ready.set()
+                await self._until_stop_or_done(stop, source_task)
+                stop.set()
+                drained = await self._drain(started_at=time.monotonic())
+                sinks_stop.set()
+                await checkpoints
+        except BaseException:
+            # Whatever failed, records that every sink confirmed are safe to checkpoint.
+            with contextlib.suppress(Exception):
+                await self._checkpoint_all()
+            raise
+        finally:
+            self._tg = None
+            await self._close()
+        return RunSummary(
+            records_in=self.metrics.total_in,
+            dead_lettered=self.metrics.total_dead_lettered,
+            checkpoints=dict(self._last_saved),
+            drained=drained,
+            elapsed_s=time.monotonic() - started,
+        )
+
+    async def _start(self) -> None:
+        pipeline = self.pipeline
+        await self.store.start()
+        for sink in self.sinks:
+            await sink.start()
+        if pipeline.dead_letters is not None:
+            await pipeline.dead_letters.start()
+        await pipeline.source.start(self.store)
+
+    async def _close(self) -> None:
+        pipeline = self.pipeline
+        for closer in (pipeline.source.close, *[s.close for s in self.sinks]):
+            try:
+                await closer()
+            except Exception:
+                log.exception("close failed", component=getattr(closer, "__self__", None).__class__.__name__)
+        if pipeline.dead_letters is not None:
+            await pipeline.dead_letters.close()
+        await self.store.close()
+
+    async def _until_stop_or_done(self, stop: asyncio.Event, source_task: asyncio.Task[None]) -> None:
+        """Return on stop, or when a finite source has run out and every partition ended."""
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                if source_task.done() and self.pipeline.source.finite and not self._active_tasks():
+                    return
+                ended = asyncio.ensure_future(self._partition_ended.wait())
+                await asyncio.wait({stopped, ended, source_task}, return_when=asyncio.FIRST_COMPLETED)
+                ended.cancel()
+                self._partition_ended.clear()
+        finally:
+            stopped.cancel()
+
+    def _active_tasks(self) -> list[asyncio.Task[None]]:
+        return [s.task for s in self._partitions.values() if s.task is not None and not s.task.done()]
+
+    async def _drain(self, started_at: float) -> bool:
+        """Stop fetching, finish in-flight records within the grace period, checkpoint. True if drained."""
+        grace = self.pipeline.settings.shutdown_grace_s
+        # Keep a slice of the grace period for the final checkpoint and releasing partitions.
+        budget = max(0.0, grace * 0.8 - (time.monotonic() - started_at))
+        for state in self._partitions.values():
+            state.reader.stop()
+        drained = True
+        try:
+            async with asyncio.timeout(budget):
+                tasks = self._active_tasks()
+                if tasks:
+                    await asyncio.wait(tasks)
+                await self._until_idle(lambda: all(s.tracker.idle() for s in self._partitions.values()))
+        except TimeoutError:
+            drained = False
+            log.warning("shutdown grace period ran out; checkpointing what was acknowledged", grace_s=grace)
+            for task in self._active_tasks():
+                task.cancel()
+        await self._checkpoint_all()
+        return drained
+
+    async def _until_idle(self, idle: Callable[[], bool], *, flush: bool = True) -> None:
+        """Wait until ``idle()``; flushing sinks each round, since a flush can dead-letter records."""
+        while True:
+            self._ticket_done.clear()
+            if flush:
+                await self._flush_all()
+            if idle():
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await self._ticket_done.wait()
+
+    async def _flush_all(self) -> None:
+        await asyncio.gather(*(sink.flush() for sink in self.sinks))
+        if self.pipeline.dead_letters is not None:
+            await self.pipeline.dead_letters.flush()
+
+    # -- partitions (PartitionHost) --------------------------------------------------------------
+    async def assign(self, reader: PartitionReader) -> None:
+        if self._tg is None:
+            raise RuntimeError("partitions can only be assigned while the pipeline runs")
+        partition = reader.partition
+        if partition in self._partitions and not self._partitions[partition].lost:
+            raise RuntimeError(f"partition {partition} is already assigned")
+        state = _PartitionState(reader, PartitionTracker(partition))
+        self._partitions[partition] = state
+        state.task = self._tg.create_task(self._consume(state), name=f"partition:{partition}")
+        log.info("partition assigned", partition=str(partition))
+
+    async def revoke(self, partition: Partition, *, graceful: bool) -> None:
+        state = self._partitions.get(partition)
+        if state is None:
+            return
+        state.reader.stop()
+        if not graceful:
+            state.lost = True
+            if state.task is not None:
+                state.task.cancel()
+            del self._partitions[partition]
+            log.warning("partition lost", partition=str(partition))
+            return
+        if state.task is not None:
+            await asyncio.wait({state.task})
+        await self._until_idle(state.tracker.idle)
+        await self._checkpoint(partition, state)
+        del self._partitions[partition]
+        log.info("partition released", partition=str(partition))
+
+    async def _consume(self, state: _PartitionState) -> None:
+        reader, tracker = state.reader, state.tracker
+        chain = self.pipeline.chain
+        try:
+            async for source_batch in reader.batches():
+                batch = source_batch.batch
+                nbytes = batch.total_bytes()
+                await self._budget.acquire(nbytes)
+                ticket = tracker.open(source_batch.positions, nbytes, self._on_ticket_done)
+                batch.ticket = ticket
+                self.metrics.records_in(reader.partition, len(batch), nbytes)
+                try:
+                    outputs, failures = await chain.run(batch)
+                    await self._route(ticket, outputs, failures)
+                except asyncio.CancelledError:
+                    # A lost partition: nothing of this batch will be checkpointed, free its bytes.
+                    ticket.abandon()
+                    raise
+                ticket.release_processing()
+            if reader.end_checkpoint is not None and not reader.stopping.is_set():
+                await self._finish_partition(state)
+        finally:
+            self._partition_ended.set()
+
+    async def _finish_partition(self, state: _PartitionState) -> None:
+        """A closed partition was read to its end: checkpoint its end marker once everything is finished."""
+        await self._until_idle(state.tracker.idle, flush=False)
+        await self._checkpoint(state.reader.partition, state)
+        end = state.reader.end_checkpoint
+        assert end is not None
+        async with self._checkpoint_lock:
+            await self.store.save(state.reader.partition, end)
+            self._last_saved[state.reader.partition] = end
+        await state.reader.finished()
+        log.info("partition ended", partition=str(state.reader.partition), checkpoint=end)
+
+    def _on_ticket_done(self, ticket: AckTicket) -> None:
+        self._budget.release(ticket.nbytes)
+        self._ticket_done.set()
+
+    async def _route(self, ticket: AckTicket, outputs: list[RecordBatch], failures: list[Failure]) -> None:
+        for out in outputs:
+            for route in self.pipeline.routes:
+                sub = out if route.predicate is None else out.select(route.predicate(out))
+                if len(sub):
+                    ticket.hold(sub.origin, sub.origin_unique)
+                    await route.sink.submit(sub)
+        for failure in failures:
+            await self.dead_letter(failure, log_it=False)
+        if failures:
+            first = failures[0].batch
+            log.warning(
+                "records dead-lettered",
+                partition=str(first.partition),
+                records=sum(len(f.batch) for f in failures),
+                first_position=str(first.position(0)),
+                stage=failures[0].stage,
+                reason=failures[0].reason,
+            )
+
+    async def dead_letter(self, failure: Failure, *, log_it: bool = True) -> None:
+        dlq = self.pipeline.dead_letters
+        batch = failure.batch
+        if dlq is None:
+            raise ProcessingError(
+                f"{failure.stage!r} failed on the record at {batch.partition} position {batch.position(0)}: "
+                f"{failure.reason}; configure dead_letter to keep failed records and go on"
+            )
+        if batch.ticket is not None:
+            batch.ticket.hold(batch.origin, batch.origin_unique)
+        self.metrics.dead_lettered(batch.partition, len(batch))
+        if log_it:
+            log.warning(
+                "records dead-lettered",
+                partition=str(batch.partition),
+                first_position=str(batch.position(0)),
+                records=len(batch),
+                stage=failure.stage,
+                reason=failure.reason,
+            )
+        await dlq.submit(failure)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    async def _checkpoint_loop(self, stop: asyncio.Event) -> None:
+        interval = self.pipeline.checkpoint_interval_s
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await stop.wait()
+            if not stop.is_set():
+                await self._checkpoint_all()
+
+    async def _checkpoint_all(self) -> None:
+        for partition, state in list(self._partitions.items()):
+            if not state.lost:
+                await self._checkpoint(partition, state)
+
+    async def _checkpoint(self, partition: Partition, state: _PartitionState) -> None:
+        position: Any = state.tracker.checkpoint_position()
+        if position is None:
+            return
+        checkpoint = self.pipeline.source.checkpoint_of(position)
+        if self._last_saved.get(partition) == checkpoint:
+            return
+        async with self._checkpoint_lock:
+            try:
+                await self.store.save(partition, checkpoint)
+            except CheckpointRejected as exc:
+                log.warning("checkpoint rejected; partition lost", partition=str(partition), error=str(exc))
+                await self.revoke(partition, graceful=False)
+                return
+        self._last_saved[partition] = checkpoint
+        self.metrics.checkpointed(partition)

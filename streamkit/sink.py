@@ -1,0 +1,270 @@
+"""Sinks: where records go, and the only place that may acknowledge them.
+
+:class:`Sink` is the contract the runtime drives: ``submit`` hands over records (and may wait, which is
+backpressure), ``flush`` writes everything buffered, ``run`` is a background loop for timers. A sink
+acknowledges a record only once the service confirmed it, and hands records it cannot write for good to
+the dead-letter queue with the reason.
+
+:class:`BufferedSink` does the batching most sinks need: it collects records across partitions and writes
+when a count, a byte size or an age is reached, with a bounded number of writes in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import msgspec
+import numpy as np
+
+from streamkit.batch import RecordBatch
+from streamkit.config import Size
+from streamkit.processor import Failure
+from streamkit.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from streamkit.deadletter import DeadLetterQueue
+    from streamkit.metrics import Metrics
+
+Item = TypeVar("Item")
+
+
+class BufferOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """When a buffered sink writes: whichever limit is reached first."""
+
+    max_records: int = 500
+    max_bytes: Size = Size(4 * 1024**2)
+    max_age_s: float = 1.0
+    """A quiet partition's records are written after at most this long (a timer, not the next record)."""
+    max_concurrent_writes: int = 4
+    retry: RetryPolicy = RetryPolicy()
+
+
+@dataclass(slots=True)
+class Rejection:
+    """One record a buffered write could not deliver for good: its index across the written batches."""
+
+    index: int
+    reason: str
+    attempts: int = 1
+
+
+@dataclass(slots=True)
+class Rejected:
+    """Records a sink will never be able to write, with the service's reason."""
+
+    batch: RecordBatch
+    reason: str
+    attempts: int = 1
+
+
+class Sink(ABC):
+    """The contract between the runtime and a sink."""
+
+    name: str = "sink"
+    dead_letters: DeadLetterQueue | None = None
+    metrics: Metrics | None = None
+
+    def bind(self, name: str, dead_letters: DeadLetterQueue | None, metrics: Metrics | None) -> None:
+        self.name = name
+        self.dead_letters = dead_letters
+        self.metrics = metrics
+
+    async def start(self) -> None:
+        """Open clients and check the destination is reachable; errors here fail start-up."""
+
+    @abstractmethod
+    async def submit(self, batch: RecordBatch) -> None:
+        """Take records for writing. The runtime already counted them as owed by this sink."""
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Write everything submitted so far; return when it is acknowledged or dead-lettered."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """A background loop (timers, in-flight writes) that lives in the runtime's task group."""
+        await stop.wait()
+
+    async def close(self) -> None:
+        """Release clients. Called after the final flush."""
+
+    # -- helpers for implementations -------------------------------------------------------------
+    def acknowledge(self, batch: RecordBatch) -> None:
+        """The service confirmed every record of ``batch``."""
+        if batch.ticket is not None:
+            batch.ticket.ack(batch.origin, batch.origin_unique)
+        if self.metrics is not None:
+            self.metrics.sink_records(self.name, len(batch))
+
+    async def reject(self, rejected: Rejected) -> None:
+        """Send records that can never be written to the dead-letter queue (which then acknowledges them)."""
+        if self.dead_letters is None:
+            from streamkit.errors import SinkError
+
+            position = rejected.batch.position(0)
+            raise SinkError(
+                f"sink {self.name!r} rejected {len(rejected.batch)} record(s) of {rejected.batch.partition} "
+                f"from position {position}: {rejected.reason}; configure dead_letter to keep them"
+            )
+        failure = Failure(rejected.batch, rejected.reason, f"sink:{self.name}", rejected.attempts)
+        await self.dead_letters.submit(failure)
+
+
+class Buffer(Generic[Item]):
+    """Items waiting for a write, with their record count and bytes."""
+
+    def __init__(self) -> None:
+        self.items: list[Item] = []
+        self.records = 0
+        self.nbytes = 0
+        self.since: float | None = None
+
+    def add(self, item: Item, records: int, nbytes: int) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+        self.items.append(item)
+        self.records += records
+        self.nbytes += nbytes
+
+    def take(self) -> tuple[list[Item], int, int]:
+        items, records, nbytes = self.items, self.records, self.nbytes
+        self.items, self.records, self.nbytes, self.since = [], 0, 0, None
+        return items, records, nbytes
+
+
+class BufferedWriter(ABC, Generic[Item]):
+    """Batching, timers and bounded concurrent writes; the common engine of buffered sinks and the DLQ."""
+
+    def __init__(self, options: BufferOptions) -> None:
+        self.buffer_options = options
+        self._buffer: Buffer[Item] = Buffer()
+        self._writes: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(options.max_concurrent_writes)
+        self._errors: asyncio.Queue[BaseException] = asyncio.Queue()
+        self._wake = asyncio.Event()
+
+    @abstractmethod
+    def measure(self, item: Item) -> tuple[int, int]:
+        """(records, bytes) of an item."""
+
+    @abstractmethod
+    async def write_items(self, items: list[Item]) -> None:
+        """Write items, acknowledge or reject every record in them; raise only when the sink must stop."""
+
+    async def add(self, item: Item) -> None:
+        records, nbytes = self.measure(item)
+        self._buffer.add(item, records, nbytes)
+        opts = self.buffer_options
+        if self._buffer.records >= opts.max_records or self._buffer.nbytes >= opts.max_bytes:
+            await self._dispatch()
+        elif len(self._buffer.items) == 1:
+            self._wake.set()
+
+    async def _dispatch(self) -> None:
+        if not self._buffer.items:
+            return
+        items, _, _ = self._buffer.take()
+        # Waiting for a slot is the backpressure a slow destination puts on the partitions.
+        await self._slots.acquire()
+        task = asyncio.get_running_loop().create_task(self._run_write(items))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _run_write(self, items: list[Item]) -> None:
+        try:
+            await self.write_items(items)
+        except Exception as exc:
+            self._errors.put_nowait(exc)
+        finally:
+            self._slots.release()
+
+    async def flush(self) -> None:
+        await self._dispatch()
+        while self._writes:
+            await asyncio.gather(*list(self._writes))
+        self._raise_pending()
+
+    def _raise_pending(self) -> None:
+        if not self._errors.empty():
+            raise self._errors.get_nowait()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write buffers that reached their age; surface write errors into the runtime's task group."""
+        max_age = self.buffer_options.max_age_s
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                since = self._buffer.since
+                timeout = max_age if since is None else max(0.0, since + max_age - time.monotonic())
+                error = asyncio.ensure_future(self._errors.get())
+                woken = asyncio.ensure_future(self._wake.wait())
+                done, _ = await asyncio.wait(
+                    {stopping, error, woken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                for pending in (error, woken):
+                    if pending not in done:
+                        pending.cancel()
+                if error in done:
+                    raise error.result()
+                self._wake.clear()
+                since = self._buffer.since
+                if since is not None and time.monotonic() - since >= max_age:
+                    await self._dispatch()
+        finally:
+            stopping.cancel()
+
+
+class BufferedSink(Sink, BufferedWriter[RecordBatch]):
+    """A sink that writes requests of many records. Subclasses implement :meth:`write`."""
+
+    Options: type[BufferOptions] = BufferOptions
+
+    def __init__(self, options: BufferOptions) -> None:
+        BufferedWriter.__init__(self, options)
+
+    def measure(self, item: RecordBatch) -> tuple[int, int]:
+        return len(item), item.total_bytes()
+
+    async def submit(self, batch: RecordBatch) -> None:
+        await self.add(batch)
+
+    async def flush(self) -> None:
+        await BufferedWriter.flush(self)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await BufferedWriter.run(self, stop)
+
+    async def write_items(self, items: list[RecordBatch]) -> None:
+        rejections = await self.write(items)
+        if not rejections:
+            for batch in items:
+                self.acknowledge(batch)
+            return
+        by_index = {r.index: r for r in rejections}
+        offset = 0
+        for batch in items:
+            n = len(batch)
+            mine = [by_index[i] for i in range(offset, offset + n) if i in by_index]
+            offset += n
+            if not mine:
+                self.acknowledge(batch)
+                continue
+            failed = np.zeros(n, dtype=np.bool_)
+            failed[[r.index - (offset - n) for r in mine]] = True
+            if not failed.all():
+                self.acknowledge(batch.select(~failed))
+            for reason, attempts in {(r.reason, r.attempts) for r in mine}:
+                picked = [r.index - (offset - n) for r in mine if r.reason == reason and r.attempts == attempts]
+                await self.reject(Rejected(batch.take(picked), reason, attempts))
+
+    @abstractmethod
+    async def write(self, batches: Sequence[RecordBatch]) -> list[Rejection]:
+        """Write the records of ``batches`` (in order), retrying transient errors inside.
+
+        Return the records that can never be written; every other record counts as confirmed by the
+        service and is acknowledged. Raise only when the sink cannot go on (the pipeline then stops
+        without checkpointing these records, so a restart replays them)."""

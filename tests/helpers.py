@@ -1,0 +1,32 @@
+"""Small builders shared by tests (no mocks of AWS: only our own objects)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from streamkit.acks import PartitionTracker
+from streamkit.batch import Partition, RecordBatch
+
+P = Partition("test:stream", "0")
+
+
+def json_batch(values: Sequence[Any], partition: Partition = P) -> RecordBatch:
+    return RecordBatch(partition, payloads=[orjson.dumps(v) for v in values])
+
+
+def ticketed(values: Sequence[Any], partition: Partition = P) -> tuple[RecordBatch, PartitionTracker]:
+    """A batch opened on a tracker, as the runtime would hand it to processors."""
+    batch = json_batch(values, partition)
+    tracker = PartitionTracker(partition)
+    batch.ticket = tracker.open(list(range(100, 100 + len(values))), batch.total_bytes())
+    return batch, tracker
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # noqa: ASYNC110 - polling state owned by the code under test
+            await asyncio.sleep(interval)
