@@ -39,7 +39,12 @@ class Map:
         values = batch.values
         if self.missing == "omit" and self.all_flat:
             items = list(self.flat.items())
-            out = [{o: v[p] for o, p in items if p in v} if isinstance(v, dict) else {} for v in values]
+            try:
+                # No isinstance per record: a non-dict value either has none of the keys (giving {} like
+                # the general path) or raises TypeError on indexing, and then the general path decides.
+                out = [{o: v[p] for o, p in items if p in v} for v in values]
+            except (TypeError, KeyError):
+                return self._general(batch, ctx)
             return batch.with_values(out)
         return self._general(batch, ctx)
 

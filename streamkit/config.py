@@ -136,6 +136,8 @@ class RuntimeSettings(msgspec.Struct, forbid_unknown_fields=True):
     fail_fast: bool = False
     """Stop the pipeline at the first record a processor fails on, instead of dead-lettering it."""
     progress_interval_s: float = 5.0
+    gc_tuning: bool = True
+    """Run the cyclic garbage collector less often (see streamkit.runtime.tune_gc); off for debugging."""
 
 
 class CheckpointSettings(msgspec.Struct, forbid_unknown_fields=False):

@@ -57,7 +57,35 @@ def _ordered(op: Callable[[Any, Any], bool], ref: Any) -> Callable[[Any], bool]:
     return test
 
 
-def _comparison(path: str, key: str, ref: Any, where: str) -> ValuesPredicate:
+def _flat_fast_path(path: str, key: str, ref: Any) -> ValuesPredicate | None:
+    """For a top-level field compared by equality, one inline ``dict.get`` per record (no call per record).
+
+    Falls back to the general path when a value is not a dict (``AttributeError``)."""
+    if "." in path or key not in ("equals", "not_equals"):
+        return None
+    general = _comparison(path, key, ref, "", fast=False)
+    if key == "equals":
+
+        def equals(values: list[Any]) -> list[bool]:
+            try:
+                return [v.get(path, MISSING) == ref for v in values]
+            except AttributeError:
+                return general(values)
+
+        return equals
+
+    def not_equals(values: list[Any]) -> list[bool]:
+        try:
+            return [v.get(path, MISSING) != ref for v in values]
+        except AttributeError:
+            return general(values)
+
+    return not_equals
+
+
+def _comparison(path: str, key: str, ref: Any, where: str, fast: bool = True) -> ValuesPredicate:
+    if fast and (quick := _flat_fast_path(path, key, ref)) is not None:
+        return quick
     get = field_getter(path)
     if key == "equals":
         return lambda values: [get(v) == ref for v in values]

@@ -1,0 +1,124 @@
+"""The ``streamkit`` command as users run it: a real subprocess, real signals, real files."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+CLI = [sys.executable, "-m", "streamkit"]
+
+
+def write_pipeline(directory: Path, *, rate: float, count: int, partitions: int = 2) -> Path:
+    config = {
+        "name": "sigterm-test",
+        "source": {"type": "generator", "count": count, "partitions": partitions, "batch_size": 100, "rate": rate},
+        "processors": [{"type": "json.decode"}, {"type": "map", "fields": ["id", "seq"]}, {"type": "json.encode"}],
+        "sinks": [{"type": "file", "path": "out", "compression": "gzip", "max_records": 500, "max_age_s": 0.2}],
+        "dead_letter": {"type": "file", "path": "dlq"},
+        "checkpoint": {"type": "file", "path": "checkpoints.json", "interval_s": 0.2},
+        "runtime": {"shutdown_grace_s": 5},
+    }
+    path = directory / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def written_ids(directory: Path) -> list[str]:
+    ids: list[str] = []
+    for file in sorted((directory / "out").glob("*.ndjson.gz")):
+        ids.extend(orjson.loads(line)["id"] for line in gzip.decompress(file.read_bytes()).splitlines())
+    return ids
+
+
+def test_sigterm_drains_checkpoints_and_a_restart_loses_nothing(tmp_path: Path) -> None:
+    count, partitions = 6000, 2
+    pipeline = write_pipeline(tmp_path, rate=1500, count=count, partitions=partitions)
+    proc = subprocess.Popen([*CLI, "run", str(pipeline)], stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 20
+        while not list((tmp_path / "out").glob("*.ndjson.gz")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert proc.poll() is None, "the worker should still be running (rate-limited source)"
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=10)
+        stop_seconds = time.monotonic() - signalled
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert stop_seconds < 5, "exited within the grace period"
+    checkpoints = orjson.loads((tmp_path / "checkpoints.json").read_bytes())
+    first_run = set(written_ids(tmp_path))
+    assert 0 < len(first_run) < count * partitions, "stopped mid-stream"
+    for key, checkpoint in checkpoints.items():
+        partition = key.rsplit("/", 1)[1]
+        # Everything at or below the checkpoint is in the sink: the checkpoint never runs ahead.
+        assert {f"{partition}-{i}" for i in range(int(checkpoint) + 1)} <= first_run
+
+    rerun = subprocess.run([*CLI, "run", str(pipeline)], capture_output=True, cwd=tmp_path, timeout=60)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    all_ids = written_ids(tmp_path)
+    expected = {f"{p}-{i}" for p in range(partitions) for i in range(count)}
+    assert set(all_ids) == expected, "every generated record is in the sink at least once"
+    duplicates = len(all_ids) - len(expected)
+    # Only records written after the last checkpoint of the first run can repeat.
+    assert duplicates <= len(first_run) - sum(int(c) + 1 for c in checkpoints.values())
+
+
+def test_validate_reports_the_key_path_and_exits_2(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source: {type: generator, count: ten}\nsinks: [{type: memory}]\n")
+    result = subprocess.run([*CLI, "validate", str(bad)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert f"{bad}: source.count: Expected 'int', got 'str'" in result.stderr
+
+
+def test_validate_accepts_a_good_file_and_plugins_lists_builtins(tmp_path: Path) -> None:
+    good = write_pipeline(tmp_path, rate=0, count=10)
+    result = subprocess.run([*CLI, "validate", str(good)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "valid pipeline 'sigterm-test'" in result.stdout
+    plugins = subprocess.run([*CLI, "plugins"], capture_output=True, text=True, timeout=60)
+    for name in ("generator", "json.decode", "filter", "map", "timestamp", "file", "memory"):
+        assert name in plugins.stdout
+
+
+@pytest.mark.parametrize("signame", ["SIGINT"])
+def test_sigint_is_a_clean_stop_too(tmp_path: Path, signame: str) -> None:
+    pipeline = write_pipeline(tmp_path, rate=500, count=100_000, partitions=1)
+    proc = subprocess.Popen([*CLI, "run", str(pipeline)], stderr=subprocess.PIPE, cwd=tmp_path)
+    try:
+        time.sleep(1.5)
+        proc.send_signal(getattr(signal, signame))
+        _, stderr = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    assert b"pipeline stopped" in stderr
+
+
+def test_demo_runs_and_reports_where_output_landed(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(
+        [*CLI, "demo", "--records", "2000", "--partitions", "2", "--output", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "records in" in result.stdout
+    assert str(tmp_path / "demo") in result.stdout
+    assert list((tmp_path / "demo" / "events").glob("*.ndjson.gz"))
