@@ -1,0 +1,1 @@
+"""Amazon Kinesis Data Streams connector: response decoding and KPL deaggregation."""
