@@ -119,7 +119,7 @@ def _build(config: PipelineConfig, metrics: Metrics | None) -> Pipeline:
     if config.dead_letter is not None:
         dead_letters = build_plugin("dead_letter", config.dead_letter, "dead_letter", env, set())
         dead_letters.pipeline = config.name
-    checkpoint_section = config.checkpoint or {"type": "memory"}
+    checkpoint_section = {"type": "memory", **(config.checkpoint or {})}
     settings = convert(
         {k: v for k, v in checkpoint_section.items() if k in ("type", "interval_s")},
         CheckpointSettings,
@@ -127,6 +127,7 @@ def _build(config: PipelineConfig, metrics: Metrics | None) -> Pipeline:
     )
     store: CheckpointStore = build_plugin("checkpoint", checkpoint_section, "checkpoint", env, {"interval_s"})
     metrics = metrics or Metrics()
+    source.metrics = metrics
     for route in routes:
         route.sink.bind(route.name, dead_letters, metrics)
     return Pipeline(

@@ -23,6 +23,8 @@ class Metrics:
     started: float = field(default_factory=time.monotonic)
     partitions: defaultdict[Partition, PartitionStats] = field(default_factory=lambda: defaultdict(PartitionStats))
     sink_out: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    leases: defaultdict[str, int] = field(default_factory=lambda: defaultdict(int))
+    """Lease events of a leased source: taken, lost."""
 
     def records_in(self, partition: Partition, records: int, nbytes: int) -> None:
         stats = self.partitions[partition]

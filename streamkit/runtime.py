@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import structlog
 
 from streamkit.acks import AckTicket, PartitionTracker
@@ -105,6 +106,7 @@ class Runtime:
         self._checkpoint_lock = asyncio.Lock()
         self._partition_ended = asyncio.Event()
         self._ticket_done = asyncio.Event()
+        self._source_closed = False
         self.ready = asyncio.Event()
         """Set once start-up finished (clients open, source running)."""
 
@@ -140,6 +142,9 @@ class Runtime:
                 await self._until_stop_or_done(stop, source_task)
                 stop.set()
                 drained = await self._drain(started_at=time.monotonic())
+                # Release partitions only after the final checkpoints (a source may keep leases alive
+                # until then: its run() returns once closed).
+                await self._close_source()
                 sinks_stop.set()
                 await checkpoints
         except BaseException:
@@ -169,9 +174,14 @@ class Runtime:
             await pipeline.dead_letters.start()
         await pipeline.source.start(self.store)
 
+    async def _close_source(self) -> None:
+        if not self._source_closed:
+            self._source_closed = True
+            await self.pipeline.source.close()
+
     async def _close(self) -> None:
         pipeline = self.pipeline
-        for closer in (pipeline.source.close, *[s.close for s in self.sinks]):
+        for closer in (self._close_source, *[s.close for s in self.sinks]):
             try:
                 await closer()
             except Exception:
@@ -279,29 +289,39 @@ class Runtime:
                 batch.ticket = ticket
                 self.metrics.records_in(reader.partition, len(batch), nbytes)
                 try:
-                    outputs, failures = await chain.run(batch)
+                    if source_batch.failed:
+                        batch = await self._dead_letter_unreadable(batch, source_batch.failed)
+                    outputs, failures = await chain.run(batch) if len(batch) else ([], [])
                     await self._route(ticket, outputs, failures)
                 except asyncio.CancelledError:
                     # A lost partition: nothing of this batch will be checkpointed, free its bytes.
                     ticket.abandon()
                     raise
                 ticket.release_processing()
-            if reader.end_checkpoint is not None and not reader.stopping.is_set():
+            if reader.reached_end and not reader.stopping.is_set():
                 await self._finish_partition(state)
         finally:
             self._partition_ended.set()
 
     async def _finish_partition(self, state: _PartitionState) -> None:
-        """A closed partition was read to its end: checkpoint its end marker once everything is finished."""
+        """A closed partition was read to its end: once everything is finished, checkpoint and let the
+        reader mark the end (children of a Kinesis shard may only be read after that)."""
+        partition = state.reader.partition
         await self._until_idle(state.tracker.idle, flush=False)
-        await self._checkpoint(state.reader.partition, state)
-        end = state.reader.end_checkpoint
-        assert end is not None
+        await self._checkpoint(partition, state)
         async with self._checkpoint_lock:
-            await self.store.save(state.reader.partition, end)
-            self._last_saved[state.reader.partition] = end
-        await state.reader.finished()
-        log.info("partition ended", partition=str(state.reader.partition), checkpoint=end)
+            await state.reader.finished()
+        if self._partitions.get(partition) is state:
+            del self._partitions[partition]
+        log.info("partition ended", partition=str(partition))
+
+    async def _dead_letter_unreadable(self, batch: RecordBatch, failed: dict[int, str]) -> RecordBatch:
+        """Records the source could not read go to the dead-letter queue; the rest go on."""
+        for index, reason in sorted(failed.items()):
+            await self.dead_letter(Failure(batch.take([index]), reason, f"source:{self.pipeline.source.name}"))
+        keep = np.ones(len(batch), dtype=np.bool_)
+        keep[list(failed)] = False
+        return batch.select(keep)
 
     def _on_ticket_done(self, ticket: AckTicket) -> None:
         self._budget.release(ticket.nbytes)
@@ -369,7 +389,7 @@ class Runtime:
         if position is None:
             return
         checkpoint = self.pipeline.source.checkpoint_of(position)
-        if self._last_saved.get(partition) == checkpoint:
+        if checkpoint is None or self._last_saved.get(partition) == checkpoint:
             return
         async with self._checkpoint_lock:
             try:

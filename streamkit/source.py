@@ -15,27 +15,33 @@ from typing import Any, Protocol
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.checkpoint import CheckpointStore
+from streamkit.metrics import Metrics
 
 
 class SourceBatch:
-    """A batch fresh from a source, with the source positions of its records (one per record)."""
+    """A batch fresh from a source, with the source positions of its records (one per record).
 
-    __slots__ = ("batch", "positions")
+    ``failed`` maps record indexes to reasons for records the source itself could not read (a malformed
+    KPL aggregate): they go to the dead-letter queue and never reach the processors.
+    """
 
-    def __init__(self, batch: RecordBatch, positions: Sequence[Any]) -> None:
+    __slots__ = ("batch", "failed", "positions")
+
+    def __init__(self, batch: RecordBatch, positions: Sequence[Any], failed: dict[int, str] | None = None) -> None:
         if len(positions) != len(batch):
             raise ValueError(f"{len(positions)} positions for {len(batch)} records of {batch.partition}")
         self.batch = batch
         self.positions = positions
+        self.failed = failed
 
 
 class PartitionReader(ABC):
     """Reads one partition in order, starting after its checkpoint."""
 
     partition: Partition
-    end_checkpoint: str | None = None
-    """Set by a reader that reached the end of a closed partition (a Kinesis shard's SHARD_END): written
-    as the checkpoint once every record before it is finished."""
+    reached_end: bool = False
+    """Set by a reader that read a closed partition to its end (a Kinesis shard after resharding). The
+    runtime then waits until every record is finished, checkpoints, and calls :meth:`finished`."""
 
     def __init__(self, partition: Partition) -> None:
         self.partition = partition
@@ -50,7 +56,8 @@ class PartitionReader(ABC):
         self.stopping.set()
 
     async def finished(self) -> None:
-        """Called once the end checkpoint is written (for example to create child shard leases)."""
+        """Called once every record of an ended partition is finished and checkpointed: mark the end
+        (a Kinesis shard writes SHARD_END and creates its children's leases)."""
 
 
 class PartitionHost(Protocol):
@@ -68,6 +75,7 @@ class Source(ABC):
     """The contract between the runtime and a source."""
 
     name: str = "source"
+    metrics: Metrics | None = None
 
     def checkpoint_store(self) -> CheckpointStore | None:
         """A store the source owns (lease table, broker offsets), or None to use the configured one."""
@@ -83,8 +91,8 @@ class Source(ABC):
     async def close(self) -> None:
         """Release what the worker holds (leases, group membership). Called after the final checkpoint."""
 
-    def checkpoint_of(self, position: Any) -> str:
-        """The checkpoint string for the position of the last finished record."""
+    def checkpoint_of(self, position: Any) -> str | None:
+        """The checkpoint string for the position of the last finished record (None: nothing safe yet)."""
         return str(position)
 
     @property

@@ -1,0 +1,301 @@
+"""``kinesis``: read shards with KCL-compatible leases in DynamoDB.
+
+The lease coordinator (``streamkit.connectors.dynamodb``) decides which shards this worker reads; each
+acquired lease becomes a :class:`ShardReader` task in the runtime, each lost lease stops one. Checkpoints
+go to the lease table, conditional on still holding the lease (fencing). A steal from a live worker is a
+graceful hand-off: the owner drains and checkpoints the shard before ownership moves. At the end of a
+closed shard the runtime checkpoints, then the reader writes SHARD_END and creates the children's leases;
+a child lease is only handed out once all its parents reached SHARD_END, so per-key order holds across a
+split or merge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from contextlib import AsyncExitStack
+from typing import Any, Literal
+
+import msgspec
+import structlog
+from streamkit.connectors.dynamodb import (
+    SHARD_END,
+    Lease,
+    LeaseCoordinator,
+    LeaseLostError,
+    LeaseTable,
+    ShardInfo,
+    default_worker_id,
+)
+from streamkit.connectors.kinesis.client import KinesisClient
+from streamkit.connectors.kinesis.decode import ChildShard
+from streamkit.connectors.kinesis.positions import KinesisPosition, checkpoint_for, parse_checkpoint
+from streamkit.connectors.kinesis.reader import ReadSettings, ShardReader, StartAt
+
+from streamkit.batch import Partition
+from streamkit.checkpoint import CheckpointStore
+from streamkit.config import AwsSettings, Size
+from streamkit.errors import CheckpointRejected, ConfigError
+from streamkit.retry import RetryPolicy
+from streamkit.source import PartitionHost, Source
+
+log = structlog.get_logger("streamkit.kinesis")
+
+
+class KinesisSourceOptions(msgspec.Struct, forbid_unknown_fields=True):
+    stream: str
+    initial_position: Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"] = "TRIM_HORIZON"
+    initial_timestamp: str | None = None
+    """ISO 8601, required with AT_TIMESTAMP."""
+    lease_table: str | None = None
+    """DynamoDB lease table; default ``<pipeline name>-leases``. Created if missing (on-demand billing)."""
+    worker_id: str | None = None
+    """Unique per process; default hostname + PID + a random suffix (every container is PID 1)."""
+    failover_time_s: float = 10.0
+    """A lease whose counter has not moved this long is expired (KCL's failoverTimeMillis)."""
+    taker_interval_s: float | None = None
+    """How often to take and balance leases; default failover_time_s."""
+    max_leases: int | None = None
+    graceful_handoff: bool = True
+    max_records_per_call: int = 10_000
+    reads_per_second: float = 5.0
+    """GetRecords calls per shard per second for this consumer. The service allows 5 per shard for all
+    polling consumers together: give each application its share."""
+    read_bytes_per_second: Size = Size(2 * 1024**2)
+    """Bytes per shard per second for this consumer (the service allows 2 MiB/s for all together)."""
+    idle_poll_s: float = 1.0
+    """Poll interval once a shard is at its tip."""
+    shard_sync_interval_s: float = 30.0
+    """How often new shards (after resharding) are discovered."""
+    deaggregate: bool = True
+    retry: RetryPolicy = RetryPolicy(max_attempts=0, base_delay_s=0.2, max_delay_s=10.0)
+
+
+def _validate(options: KinesisSourceOptions, where: str) -> None:
+    if options.initial_position == "AT_TIMESTAMP" and not options.initial_timestamp:
+        raise ConfigError(f"{where}.initial_timestamp", "required with initial_position AT_TIMESTAMP")
+    if options.initial_timestamp:
+        try:
+            dt.datetime.fromisoformat(options.initial_timestamp)
+        except ValueError:
+            raise ConfigError(f"{where}.initial_timestamp", "expected ISO 8601 such as 2026-11-26T13:00:00Z") from None
+    if not 0 < options.reads_per_second <= 5:
+        raise ConfigError(f"{where}.reads_per_second", "must be above 0 and at most 5 (the per-shard limit)")
+    if not 0 < options.read_bytes_per_second <= 2 * 1024**2:
+        raise ConfigError(f"{where}.read_bytes_per_second", "must be above 0 and at most 2MiB (the per-shard limit)")
+    if not 1 <= options.max_records_per_call <= 10_000:
+        raise ConfigError(f"{where}.max_records_per_call", "must be 1 to 10000 (the GetRecords limit)")
+    if options.failover_time_s <= 0:
+        raise ConfigError(f"{where}.failover_time_s", "must be positive")
+
+
+class LeaseCheckpointStore(CheckpointStore):
+    """Checkpoints as lease-table writes, conditional on holding the lease."""
+
+    def __init__(self, source: KinesisSource) -> None:
+        self.source = source
+
+    async def load(self, partition: Partition) -> str | None:
+        lease = self.source.coordinator.lease(partition.key) if self.source.coordinator else None
+        if lease is None or lease.checkpoint is None:
+            return None
+        return f"{lease.checkpoint}:{lease.checkpoint_sub_sequence}"
+
+    async def save(self, partition: Partition, checkpoint: str) -> None:
+        coordinator = self.source.coordinator
+        if coordinator is None:
+            raise CheckpointRejected(f"{partition}: the lease coordinator is not running")
+        parsed = parse_checkpoint(checkpoint)
+        sequence, sub = (parsed, 0) if isinstance(parsed, str) else (parsed.sequence, parsed.sub_sequence)
+        try:
+            await coordinator.checkpoint(partition.key, sequence, sub)
+        except LeaseLostError as exc:
+            raise CheckpointRejected(str(exc)) from exc
+
+
+class KinesisSource(Source):
+    Options = KinesisSourceOptions
+
+    def __init__(self, options: KinesisSourceOptions, env: Any) -> None:
+        _validate(options, getattr(env, "where", "source") or "source")
+        self.options = options
+        self.aws: AwsSettings = env.aws
+        self.name = f"kinesis:{options.stream}"
+        self.table_name = options.lease_table or f"{env.pipeline}-leases"
+        self.worker_id = options.worker_id or default_worker_id()
+        self.settings = ReadSettings(
+            max_records=options.max_records_per_call,
+            reads_per_second=options.reads_per_second,
+            read_bytes_per_second=options.read_bytes_per_second,
+            idle_poll_s=options.idle_poll_s,
+            deaggregate=options.deaggregate,
+            retry=options.retry,
+        )
+        self.coordinator: LeaseCoordinator | None = None
+        self.kinesis: KinesisClient | None = None
+        self._store = LeaseCheckpointStore(self)
+        self._stack = AsyncExitStack()
+        self._host: PartitionHost | None = None
+        self._closing = asyncio.Event()
+        self._run_done = asyncio.Event()
+        self._running = False
+        self._readers: dict[str, ShardReader] = {}
+
+    def checkpoint_store(self) -> CheckpointStore:
+        return self._store
+
+    def checkpoint_of(self, position: Any) -> str | None:
+        return checkpoint_for(position)
+
+    async def start(self, store: CheckpointStore) -> None:
+        from aiobotocore.session import get_session
+
+        self.kinesis = await self._stack.enter_async_context(KinesisClient(self.aws))
+        try:
+            await self.kinesis.client.describe_stream_summary(StreamName=self.options.stream)
+        except Exception as exc:
+            await self._stack.aclose()
+            raise ConfigError("source.stream", f"cannot read stream {self.options.stream!r}: {exc}") from None
+        dynamodb = await self._stack.enter_async_context(
+            get_session().create_client("dynamodb", **self.aws.client_kwargs("dynamodb"))
+        )
+        table = LeaseTable(dynamodb, self.table_name)
+        opts = self.options
+        self.coordinator = LeaseCoordinator(
+            table,
+            self.worker_id,
+            failover_time=opts.failover_time_s,
+            taker_interval=opts.taker_interval_s,
+            max_leases=opts.max_leases,
+            graceful_handoff=opts.graceful_handoff,
+            on_handoff=self._hand_off,
+            initial_position=opts.initial_position,
+        )
+        await table.ensure_exists()
+        await self._sync_shards()
+        log.info("kinesis source started", stream=opts.stream, lease_table=self.table_name, worker=self.worker_id)
+
+    async def run(self, host: PartitionHost, stop: asyncio.Event) -> None:
+        assert self.coordinator is not None
+        self._host = host
+        self._running = True
+        try:
+            async with asyncio.TaskGroup() as group:
+                coordinator_task = group.create_task(self.coordinator.run(), name="lease-coordinator")
+                helpers = [
+                    group.create_task(self._follow_leases(host), name="lease-events"),
+                    group.create_task(self._shard_sync_loop(), name="shard-sync"),
+                ]
+                # Leases stay renewed until the runtime wrote its final checkpoints and calls close().
+                await self._closing.wait()
+                for task in helpers:
+                    task.cancel()
+                await self.coordinator.stop(release=True)
+                await coordinator_task
+        finally:
+            self._run_done.set()
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._running:
+            await self._run_done.wait()
+        elif self.coordinator is not None:
+            await self.coordinator.stop(release=True)
+        await self._stack.aclose()
+
+    # -- leases ----------------------------------------------------------------------------------
+    async def _follow_leases(self, host: PartitionHost) -> None:
+        assert self.coordinator is not None
+        while True:
+            event = await self.coordinator.events.get()
+            partition = Partition(self.name, event.lease.lease_key)
+            if event.kind == "acquired":
+                reader = self._reader_for(event.lease)
+                if reader is None:
+                    continue
+                self._readers[event.lease.lease_key] = reader
+                await host.assign(reader)
+                self._count("taken")
+            else:
+                self._readers.pop(event.lease.lease_key, None)
+                await host.revoke(partition, graceful=False)
+                self._count("lost")
+                log.warning("lease lost", partition=str(partition), reason=event.reason)
+
+    async def _hand_off(self, lease_key: str) -> None:
+        """Called by the coordinator before a lease moves to another worker: drain and checkpoint first."""
+        if self._host is not None:
+            await self._host.revoke(Partition(self.name, lease_key), graceful=True)
+        self._readers.pop(lease_key, None)
+
+    def _reader_for(self, lease: Lease) -> ShardReader | None:
+        assert self.kinesis is not None
+        checkpoint = lease.checkpoint or self.options.initial_position
+        if checkpoint == SHARD_END:
+            return None
+        start = self._start_at(checkpoint, lease.checkpoint_sub_sequence)
+        hash_range = None
+        if lease.starting_hash_key is not None and lease.ending_hash_key is not None:
+            hash_range = (int(lease.starting_hash_key), int(lease.ending_hash_key))
+        partition = Partition(self.name, lease.lease_key)
+        return ShardReader(
+            partition,
+            self.kinesis,
+            self.options.stream,
+            start,
+            self.settings,
+            hash_range=hash_range,
+            on_end=lambda children: self._shard_ended(lease.lease_key, children),
+            on_lag=lambda ms: self._lag(partition, ms),
+        )
+
+    def _start_at(self, checkpoint: str, sub_sequence: int) -> StartAt:
+        parsed = parse_checkpoint(checkpoint)
+        if isinstance(parsed, KinesisPosition):
+            position = KinesisPosition(parsed.sequence, sub_sequence)
+            return StartAt("AT_SEQUENCE_NUMBER", sequence_number=parsed.sequence, skip_through=position)
+        if parsed == "AT_TIMESTAMP":
+            assert self.options.initial_timestamp is not None
+            timestamp = dt.datetime.fromisoformat(self.options.initial_timestamp)
+            return StartAt("AT_TIMESTAMP", timestamp=timestamp)
+        return StartAt(parsed)
+
+    async def _shard_ended(self, lease_key: str, children: list[ChildShard]) -> None:
+        assert self.coordinator is not None
+        infos = [
+            ShardInfo(
+                c.shard_id,
+                parent_shard_ids=tuple(c.parent_shards),
+                starting_hash_key=str(c.hash_key_range[0]),
+                ending_hash_key=str(c.hash_key_range[1]),
+            )
+            for c in children
+        ]
+        await self.coordinator.finish_shard(lease_key, infos)
+        self._readers.pop(lease_key, None)
+        log.info("shard ended", shard=lease_key, children=[c.shard_id for c in children])
+
+    # -- shard discovery -------------------------------------------------------------------------
+    async def _sync_shards(self) -> None:
+        assert self.kinesis is not None and self.coordinator is not None
+        shards = await self.kinesis.list_shards(self.options.stream)
+        created = await self.coordinator.sync_shards([ShardInfo.from_list_shards(s) for s in shards])
+        if created:
+            log.info("leases created for shards", shards=created)
+
+    async def _shard_sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.shard_sync_interval_s)
+            try:
+                await self._sync_shards()
+            except Exception as exc:  # discovery retries at the next interval; reading goes on meanwhile
+                log.warning("shard discovery failed; retrying later", stream=self.options.stream, error=repr(exc))
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def _lag(self, partition: Partition, millis_behind: int | None) -> None:
+        if self.metrics is not None and millis_behind is not None:
+            self.metrics.partitions[partition].millis_behind = millis_behind
+
+    def _count(self, what: str) -> None:
+        if self.metrics is not None:
+            self.metrics.leases[what] += 1

@@ -1,0 +1,74 @@
+"""The kinesis source end to end: kinesalite for Kinesis, moto for the DynamoDB lease table."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import boto3
+import orjson
+import pytest
+from streamkit.connectors.local.memory_sink import MemorySink
+
+from streamkit.build import build_pipeline
+from streamkit.config import parse_config
+from streamkit.runtime import Runtime
+from tests.helpers import wait_for
+from tests.integration.kinesis_helpers import create_stream, put_json
+
+
+def kinesis_pipeline(kinesis: str, dynamodb: str, stream: str, **source: Any) -> Any:
+    config = {
+        "name": "ktest",
+        "source": {"type": "kinesis", "stream": stream, "failover_time_s": 3, "idle_poll_s": 0.1, **source},
+        "processors": [{"type": "json.decode"}],
+        "sinks": [{"type": "memory", "name": "out", "max_age_s": 0.1}],
+        "dead_letter": {"type": "memory"},
+        "checkpoint": {"interval_s": 0.2},
+        "aws": {"region": "us-east-1", "endpoints": {"kinesis": kinesis, "dynamodb": dynamodb}},
+        "runtime": {"shutdown_grace_s": 10},
+    }
+    return build_pipeline(parse_config(config))
+
+
+def lease_items(dynamodb: str, table: str) -> dict[str, dict[str, Any]]:
+    client = boto3.client("dynamodb", endpoint_url=dynamodb, region_name="us-east-1")
+    items = client.scan(TableName=table, ConsistentRead=True)["Items"]
+    return {i["leaseKey"]["S"]: i for i in items}
+
+
+@pytest.mark.usefixtures("aws_env")
+async def test_reads_every_shard_checkpoints_in_the_lease_table_and_resumes(kinesalite: Any, moto_server: Any) -> None:
+    client = create_stream(kinesalite.endpoint_url, "orders", shards=3)
+    records = [{"id": i, "status": "ok"} for i in range(1500)]
+    put_json(client, "orders", records)
+
+    pipeline = kinesis_pipeline(kinesalite.endpoint_url, moto_server.endpoint_url, "orders")
+    stop = asyncio.Event()
+    task = asyncio.create_task(Runtime(pipeline).run(stop))
+    sink = lambda: MemorySink.instances.get("out")  # noqa: E731
+    await wait_for(lambda: sink() is not None and sink().written_records >= 1500, timeout=30)  # type: ignore[union-attr]
+    stop.set()
+    summary = await task
+    assert summary.drained
+    got = sorted(orjson.loads(p)["id"] for p in sink().payloads())  # type: ignore[union-attr]
+    assert got == list(range(1500))
+
+    leases = lease_items(moto_server.endpoint_url, "ktest-leases")
+    assert len(leases) == 3
+    for key, item in leases.items():
+        assert "leaseOwner" not in item or item["leaseOwner"].get("NULL"), "released on clean shutdown"
+        assert item["checkpoint"]["S"].isdigit(), f"{key} checkpointed at a sequence number"
+        assert item["checkpointSubSequenceNumber"]["N"] == "0"
+
+    # A second run resumes after the checkpoints: only new records arrive.
+    put_json(client, "orders", [{"id": i, "status": "ok"} for i in range(1500, 1600)])
+    MemorySink.instances.clear()
+    pipeline = kinesis_pipeline(kinesalite.endpoint_url, moto_server.endpoint_url, "orders")
+    stop = asyncio.Event()
+    task = asyncio.create_task(Runtime(pipeline).run(stop))
+    await wait_for(lambda: sink() is not None and sink().written_records >= 100, timeout=30)  # type: ignore[union-attr]
+    await asyncio.sleep(0.5)
+    stop.set()
+    await task
+    assert sorted(orjson.loads(p)["id"] for p in sink().payloads()) == list(range(1500, 1600))  # type: ignore[union-attr]
