@@ -11,6 +11,7 @@ from streamkit.connectors.dynamodb.coordinator import (
 )
 from streamkit.connectors.dynamodb.leases import (
     AT_TIMESTAMP,
+    DEFAULT_LEASE_RETRY,
     LATEST,
     OWNER_INDEX_NAME,
     SHARD_END,
@@ -21,7 +22,6 @@ from streamkit.connectors.dynamodb.leases import (
     LeaseLostError,
     LeaseTable,
     LeaseTableError,
-    RetryPolicy,
     ShardInfo,
     is_ready,
     lease_key_for,
@@ -31,6 +31,7 @@ from streamkit.connectors.dynamodb.leases import (
 __all__ = [
     "AT_TIMESTAMP",
     "DEFAULT_FAILOVER_TIME",
+    "DEFAULT_LEASE_RETRY",
     "LATEST",
     "OWNER_INDEX_NAME",
     "SHARD_END",
@@ -44,7 +45,6 @@ __all__ = [
     "LeaseLostError",
     "LeaseTable",
     "LeaseTableError",
-    "RetryPolicy",
     "ShardInfo",
     "TakePlan",
     "default_worker_id",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import random
 import re
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,8 +25,11 @@ from typing import Any, TypeVar
 import structlog
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
+from streamkit.retry import RetryPolicy, retry
+
 __all__ = [
     "AT_TIMESTAMP",
+    "DEFAULT_LEASE_RETRY",
     "LATEST",
     "OWNER_INDEX_NAME",
     "SENTINEL_CHECKPOINTS",
@@ -39,7 +41,6 @@ __all__ = [
     "LeaseLostError",
     "LeaseTable",
     "LeaseTableError",
-    "RetryPolicy",
     "ShardInfo",
     "is_ready",
     "lease_key_for",
@@ -303,23 +304,10 @@ def is_ready(lease: Lease, leases_by_key: Mapping[str, Lease], finished: Collect
     return True
 
 
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter for throttling and transient errors.
-
-    Full jitter (a uniform sleep in [0, cap]) keeps a fleet of workers that were throttled together from
-    retrying together. The default bounds one operation to about 1.5 s of sleeping, under the renewal interval
-    of the default 10 s failover time, so a throttled renewal still lands before the lease could expire.
-    """
-
-    max_attempts: int = 6
-    base_delay: float = 0.05
-    max_delay: float = 1.0
-
-    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
-        """Sleep before retry number ``attempt`` (1 = the first retry)."""
-        cap = min(self.max_delay, self.base_delay * (2 ** (attempt - 1)))
-        return (rng or random).uniform(0.0, cap)
+# Lease writes retry briefly: about 1.5 s of sleeping at most, under the renewal interval of the default 10 s
+# failover time, so a throttled renewal still lands (or gives up) before the lease could expire. The shared
+# default (10 attempts up to 20 s apart) suits data-plane calls, not leases.
+DEFAULT_LEASE_RETRY = RetryPolicy(max_attempts=6, base_delay_s=0.05, max_delay_s=1.0)
 
 
 T = TypeVar("T")
@@ -345,12 +333,12 @@ class LeaseTable:
         client: DynamoDBClient,
         table_name: str,
         *,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy = DEFAULT_LEASE_RETRY,
         consistent_reads: bool = True,
     ) -> None:
         self._client = client
         self._name = table_name
-        self._retry = retry or RetryPolicy()
+        self._retry = retry
         # Expiry is judged from counters seen in scans; a stale (eventually consistent) read could show an
         # old counter, so scans are strongly consistent by default. Lease tables are small.
         self._consistent = consistent_reads
@@ -689,26 +677,28 @@ class LeaseTable:
         return Lease.from_item(response["Attributes"])
 
     async def _call(self, operation: str, request: Callable[[], Awaitable[T]], *, lease_key: str | None = None) -> T:
-        """Run one DynamoDB request, retrying throttling and transient failures with backoff and jitter."""
-        attempt = 1
-        while True:
-            try:
-                return await request()
-            except ClientError as error:
-                code = error.response.get("Error", {}).get("Code", "")
-                if code == "ConditionalCheckFailedException":
-                    item = error.response.get("Item")
-                    raise _ConditionFailed(Lease.from_item(item) if item else None, attempt) from None
-                if code not in _RETRYABLE_CODES or attempt >= self._retry.max_attempts:
-                    raise self._table_error(operation, lease_key, code, str(error), attempt) from error
-            except (HTTPClientError, ConnectionError) as error:
-                if attempt >= self._retry.max_attempts:
-                    raise self._table_error(operation, lease_key, None, str(error), attempt) from error
-                code = type(error).__name__
-            delay = self._retry.delay(attempt)
-            log.debug("lease_table.retry", operation=operation, lease_key=lease_key, code=code, delay=delay)
-            attempt += 1
-            await asyncio.sleep(delay)
+        """Run one DynamoDB request, retrying throttling and transient failures (streamkit.retry: exponential
+        backoff with full jitter); map what remains to our exceptions."""
+        attempts = 0
+
+        async def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
+            return await request()
+
+        def on_retry(error: BaseException, attempt_number: int) -> None:
+            log.debug("lease_table.retry", operation=operation, lease_key=lease_key, error=str(error))
+
+        try:
+            return await retry(attempt, _is_transient, self._retry, on_retry)
+        except ClientError as error:
+            code = _error_code(error)
+            if code == "ConditionalCheckFailedException":
+                item = error.response.get("Item")
+                raise _ConditionFailed(Lease.from_item(item) if item else None, attempts) from None
+            raise self._table_error(operation, lease_key, code, str(error), attempts) from error
+        except (HTTPClientError, ConnectionError) as error:
+            raise self._table_error(operation, lease_key, None, str(error), attempts) from error
 
     def _table_error(
         self, operation: str, lease_key: str | None, code: str | None, message: str, attempts: int
@@ -725,6 +715,18 @@ class LeaseTable:
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
+
+
+def _error_code(error: ClientError) -> str:
+    code: str = error.response.get("Error", {}).get("Code", "")
+    return code
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Throttling, a 5xx, or a connection failure: worth another attempt. A failed condition never is."""
+    if isinstance(error, ClientError):
+        return _error_code(error) in _RETRYABLE_CODES
+    return isinstance(error, HTTPClientError | ConnectionError)
 
 
 def _string(item: Mapping[str, AttributeValue], name: str) -> str | None:

@@ -28,11 +28,11 @@ from streamkit.connectors.dynamodb import (
     LeaseLostError,
     LeaseTable,
     LeaseTableError,
-    RetryPolicy,
     ShardInfo,
 )
 
 from streamkit.localstack import MotoServer
+from streamkit.retry import RetryPolicy
 
 FAILOVER = 0.6  # renew every 0.2 s, scan every 0.6 s
 RENEW = FAILOVER / 3
@@ -59,7 +59,9 @@ async def client(moto_server: MotoServer, aws_env: dict[str, str]) -> AsyncItera
 @pytest.fixture
 async def table(client: Client) -> LeaseTable:
     """A fresh table per test (moto is reset between tests; the unique name keeps runs apart anyway)."""
-    lease_table = LeaseTable(client, f"leases-{uuid.uuid4().hex[:8]}", retry=RetryPolicy(base_delay=0.01))
+    lease_table = LeaseTable(
+        client, f"leases-{uuid.uuid4().hex[:8]}", retry=RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.2)
+    )
     await lease_table.ensure_exists(poll_interval=0.05)
     return lease_table
 

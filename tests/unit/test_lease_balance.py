@@ -12,13 +12,15 @@ import random
 import socket
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import pytest
 from streamkit.connectors.dynamodb import (
+    DEFAULT_FAILOVER_TIME,
+    DEFAULT_LEASE_RETRY,
     SHARD_END,
     ExpiryTracker,
     Lease,
-    RetryPolicy,
     ShardInfo,
     default_worker_id,
     is_ready,
@@ -291,7 +293,7 @@ def test_multi_stream_lease_keys_find_their_parents_under_the_same_prefix() -> N
 
 # --- items the KCL wrote ----------------------------------------------------------------------------------------
 
-KCL_ITEM = {
+KCL_ITEM: dict[str, dict[str, Any]] = {
     "leaseKey": {"S": "shardId-000000000001"},
     "leaseOwner": {"S": "kcl-worker-7"},
     "leaseCounter": {"N": "42"},
@@ -366,10 +368,11 @@ def test_worker_ids_are_unique_per_process_even_with_the_same_host_and_pid() -> 
     assert first.startswith(f"{socket.gethostname()}-{os.getpid()}-")
 
 
-def test_retry_delays_are_jittered_under_an_exponential_cap() -> None:
-    policy = RetryPolicy(base_delay=0.1, max_delay=0.5)
-    rng = random.Random(3)
-    for attempt, cap in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.5), (9, 0.5)]:
-        delays = [policy.delay(attempt, rng) for _ in range(200)]
-        assert min(delays) >= 0 and max(delays) <= cap
-        assert max(delays) > cap * 0.8  # spread over the whole range, not a fixed sleep
+def test_the_default_lease_retries_give_up_within_one_renewal_interval() -> None:
+    """A throttled renewal must land or give up before the next one is due, long before the lease expires."""
+    policy = DEFAULT_LEASE_RETRY
+    worst_sleep = sum(
+        min(policy.max_delay_s, policy.base_delay_s * 2 ** (n - 1)) for n in range(1, policy.max_attempts)
+    )
+    assert policy.max_attempts > 1
+    assert worst_sleep < DEFAULT_FAILOVER_TIME / 3
