@@ -10,7 +10,8 @@ setup: $(STAMP) node_modules/.streamkit-installed
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,kafka,parquet]' 2>&1 | grep -v "is ignored: it is neither" || true
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,kafka,parquet,prometheus]' > $(VENV)/pip.log 2>&1 \
+		|| { grep -v "is ignored: it is neither" $(VENV)/pip.log; exit 1; }
 	$(PY) -c "import streamkit, confluent_kafka, pyarrow, moto, pytest"
 	touch $@
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from streamkit import log as logsetup
+from streamkit.config import env_overrides
 from streamkit.errors import ConfigError, StreamkitError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -32,9 +33,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("pipeline", type=Path, help="the pipeline YAML file")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="print a progress line (default: when stderr is a terminal)")  # fmt: skip
+    run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                     help="override a setting (repeatable; also STREAMKIT_SET='a=1;b=2')")  # fmt: skip
+    run.add_argument("--health-port", type=int, default=None, help="serve /health/live and /health/ready")
 
     validate = sub.add_parser("validate", help="check a pipeline file completely without connecting anywhere")
     validate.add_argument("pipeline", type=Path)
+    validate.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
 
     demo = sub.add_parser("demo", help="run a realistic pipeline on local stand-ins, no AWS account needed")
     demo.add_argument("--records", type=int, default=20_000, help="records per partition")
@@ -50,9 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logsetup.configure(args.log_format, args.log_level)
     try:
         if args.command == "run":
-            return asyncio.run(run_pipeline(args.pipeline, progress=args.progress))
+            overrides = [*env_overrides(), *args.set]
+            if args.health_port is not None:
+                overrides.append(f"runtime.health_port={args.health_port}")
+            return asyncio.run(run_pipeline(args.pipeline, progress=args.progress, overrides=overrides))
         if args.command == "validate":
-            return validate(args.pipeline)
+            return validate(args.pipeline, [*env_overrides(), *args.set])
         if args.command == "demo":
             from streamkit.demo import run_demo
 
@@ -68,11 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_FAILED
 
 
-def validate(path: Path) -> int:
+def validate(path: Path, overrides: list[str]) -> int:
     from streamkit.build import build_pipeline
     from streamkit.config import load_config
 
-    config = load_config(path)
+    config = load_config(path, overrides)
     pipeline = build_pipeline(config)
     print(f"{path}: valid pipeline {pipeline.name!r}")
     print(f"  source     {config.source['type']}")
@@ -95,12 +103,13 @@ def list_plugins() -> int:
     return EXIT_OK
 
 
-async def run_pipeline(path: Path, *, progress: bool | None = None) -> int:
+async def run_pipeline(path: Path, *, progress: bool | None = None, overrides: list[str] | None = None) -> int:
     from streamkit.build import build_pipeline
     from streamkit.config import load_config
+    from streamkit.observe import Observability
     from streamkit.runtime import Runtime
 
-    config = load_config(path)
+    config = load_config(path, overrides)
     pipeline = build_pipeline(config)
     runtime = Runtime(pipeline)
     stop = asyncio.Event()
@@ -108,6 +117,8 @@ async def run_pipeline(path: Path, *, progress: bool | None = None) -> int:
     install_stop_signals(stop, log)
     show = sys.stderr.isatty() if progress is None else progress
     reporter = asyncio.create_task(report_progress(runtime, config.runtime.progress_interval_s)) if show else None
+    observability = Observability(runtime, config.runtime)
+    await observability.start()
     try:
         summary = await runtime.run(stop)
     except Exception as exc:
@@ -120,6 +131,7 @@ async def run_pipeline(path: Path, *, progress: bool | None = None) -> int:
     finally:
         if reporter is not None:
             reporter.cancel()
+        await observability.stop()
     log.info(
         "pipeline stopped",
         records_in=summary.records_in,

@@ -128,6 +128,15 @@ class AwsSettings(msgspec.Struct, forbid_unknown_fields=True):
         return kwargs
 
 
+class MetricsSettings(msgspec.Struct, forbid_unknown_fields=True):
+    emf: bool = True
+    """CloudWatch Embedded Metric Format lines on stdout (picked up by Lambda and the awslogs driver)."""
+    namespace: str = "streamkit"
+    interval_s: float = 60.0
+    prometheus: bool = False
+    """Serve /metrics on the health endpoint (needs the prometheus extra and runtime.health_port)."""
+
+
 class RuntimeSettings(msgspec.Struct, forbid_unknown_fields=True):
     shutdown_grace_s: float = 25.0
     """SIGTERM -> drained, checkpointed and exited within this many seconds (ECS stopTimeout is 30 s)."""
@@ -136,6 +145,11 @@ class RuntimeSettings(msgspec.Struct, forbid_unknown_fields=True):
     fail_fast: bool = False
     """Stop the pipeline at the first record a processor fails on, instead of dead-lettering it."""
     progress_interval_s: float = 5.0
+    health_port: int | None = None
+    """HTTP port for /health/live, /health/ready (and /metrics); off when unset. 0 picks a free port."""
+    health_host: str = "0.0.0.0"
+    """Address the health endpoint binds (all interfaces, so the container runtime can reach it)."""
+    metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     gc_tuning: bool = True
     """Run the cyclic garbage collector less often (see streamkit.runtime.tune_gc); off for debugging."""
 
@@ -211,7 +225,37 @@ def parse_config(data: Any, *, origin: str = "<config>", base_dir: Path | None =
         raise exc.within(origin) from None
 
 
-def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
+def apply_overrides(data: Any, overrides: list[str], origin: str) -> Any:
+    """Apply ``key.path=value`` overrides (``sinks[0].max_records=100``); values are YAML scalars."""
+    for override in overrides:
+        path, sep, raw = override.partition("=")
+        if not sep or not path.strip():
+            raise ConfigError("", f"override {override!r} is not KEY.PATH=VALUE", source=origin)
+        tokens = re.findall(r"[^.\[\]]+|\[\d+\]", path.strip())
+        node = data
+        for i, token in enumerate(tokens):
+            last = i == len(tokens) - 1
+            key: Any = int(token[1:-1]) if token.startswith("[") else token
+            if isinstance(key, int):
+                if not isinstance(node, list) or key >= len(node):
+                    raise ConfigError(path, f"override names list item {key}, which does not exist", source=origin)
+            elif not isinstance(node, dict):
+                raise ConfigError(path, "override path goes through a value that is not a mapping", source=origin)
+            if last:
+                node[key] = yaml.safe_load(raw) if raw.strip() else raw
+            else:
+                if isinstance(node, dict) and key not in node:
+                    node[key] = {}
+                node = node[key]
+    return data
+
+
+def env_overrides() -> list[str]:
+    """Overrides from ``STREAMKIT_SET`` (``;``- or newline-separated), for container deployments."""
+    return [item.strip() for item in re.split(r"[;\n]", os.environ.get("STREAMKIT_SET", "")) if item.strip()]
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> PipelineConfig:
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
@@ -221,4 +265,6 @@ def load_config(path: str | os.PathLike[str]) -> PipelineConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError("", f"invalid YAML: {exc}", source=str(file)) from None
+    if overrides:
+        data = apply_overrides(data if isinstance(data, dict) else {}, overrides, str(file))
     return parse_config(data, origin=str(file), base_dir=file.resolve().parent)

@@ -256,6 +256,7 @@ class Runtime:
         state = _PartitionState(reader, PartitionTracker(partition))
         self._partitions[partition] = state
         state.task = self._tg.create_task(self._consume(state), name=f"partition:{partition}")
+        self.metrics.leases_held = len(self.held_partitions)
         log.info("partition assigned", partition=str(partition))
 
     async def revoke(self, partition: Partition, *, graceful: bool) -> None:
@@ -268,6 +269,7 @@ class Runtime:
             if state.task is not None:
                 state.task.cancel()
             del self._partitions[partition]
+            self.metrics.leases_held = len(self.held_partitions)
             log.warning("partition lost", partition=str(partition))
             return
         if state.task is not None:
@@ -275,6 +277,7 @@ class Runtime:
         await self._until_idle(state.tracker.idle)
         await self._checkpoint(partition, state)
         del self._partitions[partition]
+        self.metrics.leases_held = len(self.held_partitions)
         log.info("partition released", partition=str(partition))
 
     async def _consume(self, state: _PartitionState) -> None:
@@ -291,7 +294,9 @@ class Runtime:
                 try:
                     if source_batch.failed:
                         batch = await self._dead_letter_unreadable(batch, source_batch.failed)
+                    began = time.perf_counter()
                     outputs, failures = await chain.run(batch) if len(batch) else ([], [])
+                    self.metrics.processed(reader.partition, sum(map(len, outputs)), time.perf_counter() - began)
                     await self._route(ticket, outputs, failures)
                 except asyncio.CancelledError:
                     # A lost partition: nothing of this batch will be checkpointed, free its bytes.
@@ -313,6 +318,7 @@ class Runtime:
             await state.reader.finished()
         if self._partitions.get(partition) is state:
             del self._partitions[partition]
+        self.metrics.leases_held = len(self.held_partitions)
         log.info("partition ended", partition=str(partition))
 
     async def _dead_letter_unreadable(self, batch: RecordBatch, failed: dict[int, str]) -> RecordBatch:

@@ -93,6 +93,15 @@ class Sink(ABC):
         """Release clients. Called after the final flush."""
 
     # -- helpers for implementations -------------------------------------------------------------
+    def record_retry(self, *, throttled: bool) -> None:
+        """Count a retried request (``throttled``: the service asked us to slow down)."""
+        if self.metrics is not None:
+            self.metrics.sink_retry(self.name, throttled=throttled)
+
+    def observe_write(self, seconds: float, failed: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.sink_write(self.name, seconds, failed=failed)
+
     def acknowledge(self, batch: RecordBatch) -> None:
         """The service confirmed every record of ``batch``."""
         if batch.ticket is not None:
@@ -175,12 +184,19 @@ class BufferedWriter(ABC, Generic[Item]):
         task.add_done_callback(self._writes.discard)
 
     async def _run_write(self, items: list[Item]) -> None:
+        began = time.perf_counter()
+        failed = False
         try:
             await self.write_items(items)
         except Exception as exc:
+            failed = True
             self._errors.put_nowait(exc)
         finally:
             self._slots.release()
+            self.observe_write(time.perf_counter() - began, failed)
+
+    def observe_write(self, seconds: float, failed: bool) -> None:
+        """Hook for metrics about one write (sinks report it per sink name)."""
 
     async def flush(self) -> None:
         await self._dispatch()

@@ -1,0 +1,327 @@
+"""The Lambda consumer: one event loop, one started pipeline per execution environment, one call per event.
+
+Each invocation decodes the event into one batch per shard or Kafka partition and runs it, in order and in
+chunks, through the pipeline's processors and sinks with the same acknowledgement tickets as the long-lived
+runtime: a record counts as done only when every sink it was routed to confirmed it (or the dead-letter
+queue wrote it, or a processor dropped it). Sinks are flushed before the handler returns, and the response
+names, per partition, the first record that is not done: Lambda checkpoints just before it and redelivers
+everything from it.
+
+The event loop outlives the invocation on purpose. aiobotocore clients (and the asyncio primitives inside
+sinks) are bound to the loop they were first used on, so the loop made at cold start runs every invocation
+with ``run_until_complete``; ``asyncio.run`` per invocation would break warm invocations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import structlog
+
+from streamkit.acks import AckTicket, PartitionTracker
+from streamkit.aws_lambda.events import EventPartition, decode_event
+from streamkit.aws_lambda.pipeline import LambdaOptions, PipelineSpec, load, resolve_record_errors
+from streamkit.batch import BoolArray, RecordBatch
+from streamkit.deadletter import DeadLetterQueue
+from streamkit.processor import Chain, Failure
+from streamkit.runtime import Pipeline, tune_gc
+from streamkit.sink import BufferOptions, Sink
+
+log = structlog.get_logger("streamkit.aws_lambda")
+
+Response = dict[str, list[dict[str, Any]]]
+
+
+class LambdaApp:
+    """A pipeline started for one execution environment; call it as the Lambda handler."""
+
+    def __init__(self, pipeline: Pipeline, options: LambdaOptions | None = None) -> None:
+        self.pipeline = pipeline
+        self.options = options or LambdaOptions()
+        self.on_record_error = resolve_record_errors(self.options, pipeline)
+        # fail_fast is honoured as on_record_error=retry; the chain itself must report failed records
+        # one by one, so the handler knows which record to name in the response.
+        self.chain = Chain(pipeline.chain.processors, fail_fast=False)
+        self.sinks: list[Sink] = [route.sink for route in pipeline.routes]
+        self.held = _HeldRejections() if self.options.on_sink_reject == "retry" else None
+        for route in pipeline.routes:
+            route.sink.bind(route.name, self.held or pipeline.dead_letters, pipeline.metrics)
+        self.invocations = 0
+        self.loop = asyncio.new_event_loop()
+        try:
+            self.loop.run_until_complete(self._start())
+        except BaseException:
+            self.loop.close()
+            raise
+
+    @classmethod
+    def create(cls, spec: PipelineSpec, **options: Any) -> LambdaApp:
+        pipeline, resolved = load(spec, options)
+        return cls(pipeline, resolved)
+
+    def __call__(self, event: Mapping[str, Any], context: Any = None) -> Response:
+        return self.handle(event, context)
+
+    def handle(self, event: Mapping[str, Any], context: Any = None) -> Response:
+        """Process one event; the partial batch response names what Lambda must redeliver."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass  # the normal case: no loop runs in this thread
+        else:
+            raise RuntimeError("the Lambda handler is synchronous: call it outside a running event loop")
+        self.invocations += 1
+        request_id = getattr(context, "aws_request_id", None)
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            return self.loop.run_until_complete(self._invoke(event, _Deadline(context, self.options)))
+
+    def close(self) -> None:
+        """Close sinks and the event loop (tests, or a runtime shutdown hook)."""
+        if self.loop.is_closed():
+            return
+        try:
+            self.loop.run_until_complete(self._close())
+        finally:
+            self.loop.close()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def _start(self) -> None:
+        if self.pipeline.settings.gc_tuning:
+            tune_gc()
+        if self.pipeline.dead_letters is not None:
+            await self.pipeline.dead_letters.start()
+        for sink in self.sinks:
+            await sink.start()
+
+    async def _close(self) -> None:
+        for sink in self.sinks:
+            try:
+                await sink.close()
+            except Exception:
+                log.exception("sink close failed", sink=sink.name)
+        if self.pipeline.dead_letters is not None:
+            await self.pipeline.dead_letters.close()
+
+    # -- one invocation --------------------------------------------------------------------------
+    async def _invoke(self, event: Mapping[str, Any], deadline: _Deadline) -> Response:
+        runs = [_PartitionRun(part, self.options) for part in decode_event(event, deaggregate=self.options.deaggregate)]
+        stop = asyncio.Event()
+        background = [asyncio.ensure_future(sink.run(stop)) for sink in self.sinks]
+        if self.pipeline.dead_letters is not None:
+            background.append(asyncio.ensure_future(self.pipeline.dead_letters.run(stop)))
+        try:
+            await self._process(runs, deadline)
+        finally:
+            # Flush even when processing raised, so nothing of this event lingers in a buffer until the
+            # next invocation; the records of a failed invocation are redelivered anyway.
+            await self._flush(deadline)
+            stop.set()
+            for outcome in await asyncio.gather(*background, return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    log.error("sink failed; its unconfirmed records are reported", error=repr(outcome))
+        return self._response(runs)
+
+    async def _process(self, runs: list[_PartitionRun], deadline: _Deadline) -> None:
+        chunk = self.options.chunk_records
+        for run in runs:
+            self.pipeline.metrics.records_in(run.part.partition, len(run.part), sum(map(len, run.part.batch.payloads)))
+            for start in range(0, len(run.part), chunk):
+                if run.halted:
+                    break
+                if deadline.short():
+                    # Unprocessed records keep their processing hold: the response reports the first.
+                    log.warning(
+                        "invocation deadline near: stopped taking records", remaining_ms=deadline.remaining_ms()
+                    )
+                    return
+                await self._process_chunk(run, start, min(start + chunk, len(run.part)))
+
+    async def _process_chunk(self, run: _PartitionRun, start: int, end: int) -> None:
+        batch = run.part.batch.slice(start, end)
+        failures: list[Failure] = []
+        undecodable = [i - start for i, _ in run.part.decode_failures if start <= i < end]
+        if undecodable:
+            bad = np.zeros(end - start, dtype=np.bool_)
+            bad[undecodable] = True
+            for i, reason in run.part.decode_failures:
+                if start <= i < end:
+                    failures.append(Failure(batch.take([i - start]), reason, "source:lambda"))
+            batch = batch.select(~bad)
+        outputs: list[RecordBatch] = []
+        broken = False
+        if len(batch):
+            try:
+                outputs, chain_failures = await self.chain.run(batch)
+                failures.extend(chain_failures)
+            except Exception:
+                # A processor raised instead of reporting records: nothing of this chunk is trusted.
+                log.exception("processor chain raised; the chunk is reported for retry", partition=str(batch.partition))
+                broken = True
+        if broken:
+            blocked = run.block(list(range(start, end)), start, end)
+            failures = []
+        elif self.on_record_error == "retry" and failures:
+            blocked = run.block([int(o) for f in failures for o in f.batch.origin], start, end)
+            _log_failures(failures, "records failed; reported for retry")
+            failures = []
+        else:
+            blocked = run.block([], start, end)
+        await self._route(outputs, blocked, start)
+        for failure in failures:
+            await self._dead_letter(failure, blocked, start)
+        if failures:
+            _log_failures(failures, "records dead-lettered")
+        done = np.arange(start, end, dtype=np.int64)
+        run.ticket.ack(done if blocked is None else done[~blocked])
+
+    async def _route(self, outputs: list[RecordBatch], blocked: BoolArray | None, start: int) -> None:
+        for out in outputs:
+            if blocked is not None:
+                out = out.select(~blocked[out.origin - start])
+            if not len(out):
+                continue
+            for route in self.pipeline.routes:
+                sub = out if route.predicate is None else out.select(route.predicate(out))
+                if len(sub):
+                    assert sub.ticket is not None
+                    sub.ticket.hold(sub.origin, sub.origin_unique)
+                    await route.sink.submit(sub)
+
+    async def _dead_letter(self, failure: Failure, blocked: BoolArray | None, start: int) -> None:
+        dlq = self.pipeline.dead_letters
+        assert dlq is not None  # resolve_record_errors guarantees it in dead_letter mode
+        batch = failure.batch
+        if blocked is not None:
+            # A record held back by the ordering rule is redelivered, so it is not dead-lettered now.
+            batch = batch.select(~blocked[batch.origin - start])
+            if not len(batch):
+                return
+            failure = Failure(batch, failure.reason, failure.stage, failure.attempts)
+        if batch.ticket is not None:
+            batch.ticket.hold(batch.origin, batch.origin_unique)
+        self.pipeline.metrics.dead_lettered(batch.partition, len(batch))
+        await dlq.submit(failure)
+
+    async def _flush(self, deadline: _Deadline) -> None:
+        try:
+            async with asyncio.timeout(deadline.flush_budget_s()):
+                for outcome in await asyncio.gather(*(s.flush() for s in self.sinks), return_exceptions=True):
+                    if isinstance(outcome, Exception):
+                        log.error("sink flush failed; its unconfirmed records are reported", error=repr(outcome))
+                # After the sinks: their rejections may have gone to the dead-letter queue.
+                if self.pipeline.dead_letters is not None:
+                    try:
+                        await self.pipeline.dead_letters.flush()
+                    except Exception as exc:
+                        log.error("dead-letter write failed; those records are reported", error=repr(exc))
+        except TimeoutError:
+            log.warning("flush did not finish before the deadline; unconfirmed records are reported")
+
+    def _response(self, runs: list[_PartitionRun]) -> Response:
+        failures: list[dict[str, Any]] = []
+        for run in runs:
+            first = run.ticket.finished_prefix()
+            if first < len(run.part):
+                identifier = run.part.identifier(first)
+                failures.append({"itemIdentifier": identifier})
+                log.warning(
+                    "partial batch failure",
+                    partition=str(run.part.partition),
+                    first_position=str(run.part.positions[first]),
+                    unfinished=int(np.count_nonzero(run.ticket.pending)),
+                    records=len(run.part),
+                )
+        return {"batchItemFailures": failures}
+
+
+class _PartitionRun:
+    """One partition of the event: its ticket and the ordering rule that decides what may still be written."""
+
+    def __init__(self, part: EventPartition, options: LambdaOptions) -> None:
+        self.part = part
+        self.per_key = options.ordering == "per_key"
+        self.ticket: AckTicket = PartitionTracker(part.partition).open(part.positions, 0)
+        part.batch.ticket = self.ticket
+        self.cut: int | None = None
+        """per_partition: index of the first failed record; nothing from it on is written."""
+        self.key_cuts: dict[Any, int] = {}
+        """per_key: index of the first failed record of each key."""
+
+    @property
+    def halted(self) -> bool:
+        return self.cut is not None
+
+    def block(self, failed: list[int], start: int, end: int) -> BoolArray | None:
+        """Which records of ``[start, end)`` must not be written, given newly ``failed`` record indexes."""
+        if not self.per_key:
+            if failed:
+                self.cut = min(failed) if self.cut is None else min(self.cut, *failed)
+            if self.cut is None:
+                return None
+            return np.arange(start, end) >= self.cut
+        keys = self.part.batch.keys or [None] * len(self.part)
+        for index in sorted(failed):
+            self.key_cuts.setdefault(keys[index], index)
+        if not self.key_cuts:
+            return None
+        cuts = self.key_cuts
+        return np.fromiter((cuts.get(keys[i], end) <= i for i in range(start, end)), dtype=np.bool_, count=end - start)
+
+
+class _HeldRejections(DeadLetterQueue):
+    """Stands in for the dead-letter queue of sinks when rejections must be retried by Lambda.
+
+    A rejected record is logged and never acknowledged, so it stays unfinished and the response names it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(BufferOptions())
+
+    async def submit(self, failure: Failure) -> None:
+        batch = failure.batch
+        log.warning(
+            "sink rejected records; reported for retry",
+            stage=failure.stage,
+            partition=str(batch.partition),
+            records=len(batch),
+            first_position=str(batch.position(0)),
+            reason=failure.reason,
+        )
+
+    async def write_entries(self, failures: list[Failure]) -> None:
+        return None
+
+
+class _Deadline:
+    """The invocation's remaining time, from the Lambda context (no context, no deadline)."""
+
+    def __init__(self, context: Any, options: LambdaOptions) -> None:
+        self._remaining = getattr(context, "get_remaining_time_in_millis", None)
+        self._margin = options.deadline_margin_ms
+        self._flush_margin = options.flush_margin_ms
+
+    def remaining_ms(self) -> float | None:
+        return None if self._remaining is None else float(self._remaining())
+
+    def short(self) -> bool:
+        remaining = self.remaining_ms()
+        return remaining is not None and remaining < self._margin
+
+    def flush_budget_s(self) -> float | None:
+        remaining = self.remaining_ms()
+        return None if remaining is None else max(0.0, (remaining - self._flush_margin) / 1000)
+
+
+def _log_failures(failures: list[Failure], message: str) -> None:
+    first = failures[0].batch
+    log.warning(
+        message,
+        partition=str(first.partition),
+        records=sum(len(f.batch) for f in failures),
+        first_position=str(first.position(0)),
+        stage=failures[0].stage,
+        reason=failures[0].reason,
+    )
