@@ -48,9 +48,9 @@ def test_overrides_set_nested_keys_and_list_items() -> None:
     assert config.sinks[0]["max_records"] == 7
     assert config.runtime.shutdown_grace_s == 3.5
     assert config.source["stream"] == "x"
-    with pytest.raises(ConfigError, match="sinks\\[3\\].type: override names list item 3"):
+    with pytest.raises(ConfigError, match=r"sinks\[3\]\.type: override names list item 3"):
         apply_overrides(data, ["sinks[3].type=file"], "t")
-    with pytest.raises(ConfigError, match="not KEY.PATH=VALUE"):
+    with pytest.raises(ConfigError, match=r"not KEY\.PATH=VALUE"):
         apply_overrides(data, ["oops"], "t")
 
 
