@@ -42,8 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
 
     demo = sub.add_parser("demo", help="run a realistic pipeline on local stand-ins, no AWS account needed")
-    demo.add_argument("--records", type=int, default=20_000, help="records per partition")
-    demo.add_argument("--partitions", type=int, default=4)
+    demo.add_argument("--records", type=int, default=20_000, help="events to produce")
+    demo.add_argument("--partitions", type=int, default=4, help="Kinesis shards")
     demo.add_argument("--output", type=Path, default=Path("demo-output"))
 
     sub.add_parser("plugins", help="list installed sources, sinks, processors and stores")
@@ -122,12 +122,14 @@ async def run_pipeline(path: Path, *, progress: bool | None = None, overrides: l
     try:
         summary = await runtime.run(stop)
     except Exception as exc:
-        for error in leaf_errors(exc):
+        errors = leaf_errors(exc)
+        for error in errors:
             if isinstance(error, StreamkitError):
                 log.error("pipeline failed", error=str(error))
             else:
                 log.error("pipeline failed", error=repr(error), exc_info=error)
-        return EXIT_FAILED
+        # A configuration problem found while connecting (a missing stream or bucket) is still exit 2.
+        return EXIT_CONFIG if any(isinstance(e, ConfigError) for e in errors) else EXIT_FAILED
     finally:
         if reporter is not None:
             reporter.cancel()

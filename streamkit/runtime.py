@@ -126,7 +126,12 @@ class Runtime:
     async def run(self, stop: asyncio.Event) -> RunSummary:
         pipeline = self.pipeline
         started = time.monotonic()
-        await self._start()
+        try:
+            await self._start()
+        except BaseException:
+            # Close what did start (clients, sessions) before reporting why start-up failed.
+            await self._close()
+            raise
         sinks_stop = asyncio.Event()
         drained = True
         try:
@@ -181,14 +186,14 @@ class Runtime:
 
     async def _close(self) -> None:
         pipeline = self.pipeline
-        for closer in (self._close_source, *[s.close for s in self.sinks]):
+        closers = [self._close_source, *[s.close for s in self.sinks], self.store.close]
+        if pipeline.dead_letters is not None:
+            closers.append(pipeline.dead_letters.close)
+        for closer in closers:
             try:
                 await closer()
             except Exception:
                 log.exception("close failed", component=getattr(closer, "__self__", None).__class__.__name__)
-        if pipeline.dead_letters is not None:
-            await pipeline.dead_letters.close()
-        await self.store.close()
 
     async def _until_stop_or_done(self, stop: asyncio.Event, source_task: asyncio.Task[None]) -> None:
         """Return on stop, or when a finite source has run out and every partition ended."""

@@ -72,3 +72,28 @@ async def test_reads_every_shard_checkpoints_in_the_lease_table_and_resumes(kine
     stop.set()
     await task
     assert sorted(orjson.loads(p)["id"] for p in sink().payloads()) == list(range(1500, 1600))  # type: ignore[union-attr]
+
+
+@pytest.mark.usefixtures("aws_env")
+def test_a_missing_stream_fails_at_start_up_with_exit_code_2(tmp_path: Any, kinesalite: Any, moto_server: Any) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = {
+        "name": "missing",
+        "source": {"type": "kinesis", "stream": "no-such-stream"},
+        "sinks": [{"type": "memory"}],
+        "aws": {
+            "region": "us-east-1",
+            "endpoints": {"kinesis": kinesalite.endpoint_url, "dynamodb": moto_server.endpoint_url},
+        },
+    }
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "streamkit", "run", str(tmp_path / "p.yaml")], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "source.stream: cannot read stream 'no-such-stream'" in result.stderr
+    assert "Unclosed" not in result.stderr
