@@ -48,7 +48,7 @@ class LambdaApp:
         self.sinks: list[Sink] = [route.sink for route in pipeline.routes]
         self.held = _HeldRejections() if self.options.on_sink_reject == "retry" else None
         for route in pipeline.routes:
-            route.sink.bind(route.name, self.held or pipeline.dead_letters, pipeline.metrics)
+            route.sink.bind(route.name, self.held if self.held is not None else pipeline.dead_letters, pipeline.metrics)
         self.invocations = 0
         self.loop = asyncio.new_event_loop()
         try:
@@ -140,40 +140,31 @@ class LambdaApp:
                 await self._process_chunk(run, start, min(start + chunk, len(run.part)))
 
     async def _process_chunk(self, run: _PartitionRun, start: int, end: int) -> None:
-        batch = run.part.batch.slice(start, end)
-        failures: list[Failure] = []
-        undecodable = [i - start for i, _ in run.part.decode_failures if start <= i < end]
-        if undecodable:
-            bad = np.zeros(end - start, dtype=np.bool_)
-            bad[undecodable] = True
-            for i, reason in run.part.decode_failures:
-                if start <= i < end:
-                    failures.append(Failure(batch.take([i - start]), reason, "source:lambda"))
-            batch = batch.select(~bad)
+        batch, failures = _split_undecodable(run.part, start, end)
         outputs: list[RecordBatch] = []
-        broken = False
-        if len(batch):
-            try:
+        try:
+            if len(batch):
                 outputs, chain_failures = await self.chain.run(batch)
                 failures.extend(chain_failures)
-            except Exception:
-                # A processor raised instead of reporting records: nothing of this chunk is trusted.
-                log.exception("processor chain raised; the chunk is reported for retry", partition=str(batch.partition))
-                broken = True
-        if broken:
+        except Exception:
+            # A processor raised instead of reporting records: nothing of this chunk is trusted.
+            log.exception("processor chain raised; the chunk is reported for retry", partition=str(batch.partition))
             blocked = run.block(list(range(start, end)), start, end)
-            failures = []
-        elif self.on_record_error == "retry" and failures:
-            blocked = run.block([int(o) for f in failures for o in f.batch.origin], start, end)
-            _log_failures(failures, "records failed; reported for retry")
-            failures = []
+            failures, outputs = [], []
         else:
-            blocked = run.block([], start, end)
+            if self.on_record_error == "retry" and failures:
+                _log_failures(failures, "records failed; reported for retry")
+                blocked = run.block([int(o) for f in failures for o in f.batch.origin], start, end)
+                failures = []
+            else:
+                blocked = run.block([], start, end)
         await self._route(outputs, blocked, start)
         for failure in failures:
             await self._dead_letter(failure, blocked, start)
         if failures:
             _log_failures(failures, "records dead-lettered")
+        # Release the processing hold of every record that was dealt with; a blocked record keeps it, so it
+        # stays unfinished and the response can name it.
         done = np.arange(start, end, dtype=np.int64)
         run.ticket.ack(done if blocked is None else done[~blocked])
 
@@ -313,6 +304,18 @@ class _Deadline:
     def flush_budget_s(self) -> float | None:
         remaining = self.remaining_ms()
         return None if remaining is None else max(0.0, (remaining - self._flush_margin) / 1000)
+
+
+def _split_undecodable(part: EventPartition, start: int, end: int) -> tuple[RecordBatch, list[Failure]]:
+    """Records ``[start, end)`` of ``part`` that decoded, and failures for those that did not."""
+    batch = part.batch.slice(start, end)
+    bad = [(i - start, reason) for i, reason in part.decode_failures if start <= i < end]
+    if not bad:
+        return batch, []
+    mask = np.ones(end - start, dtype=np.bool_)
+    mask[[i for i, _ in bad]] = False
+    failures = [Failure(batch.take([i]), reason, "source:lambda") for i, reason in bad]
+    return batch.select(mask), failures
 
 
 def _log_failures(failures: list[Failure], message: str) -> None:

@@ -29,6 +29,7 @@ from streamkit.connectors.kinesis.positions import BatchPositions
 
 __all__ = [
     "KAFKA_EVENT_SOURCES",
+    "KAFKA_PARTITION_KEY",
     "KINESIS_EVENT_SOURCE",
     "EventFormatError",
     "EventKind",
@@ -41,6 +42,10 @@ KINESIS_EVENT_SOURCE = "aws:kinesis"
 KAFKA_EVENT_SOURCES = frozenset({"aws:kafka", "SelfManagedKafka", "aws:SelfManagedKafka"})
 
 EventKind = Literal["kinesis", "kafka"]
+
+KAFKA_PARTITION_KEY = "partition"
+"""The key of a Kafka ``itemIdentifier`` naming the ``"<topic>-<partition>"`` (docs/lambda.md cites the
+sources). Lambda fails the whole batch on an identifier with a bad key name, so it lives in one place."""
 
 
 class EventFormatError(ValueError):
@@ -71,7 +76,7 @@ class EventPartition:
         """The ``itemIdentifier`` that makes Lambda retry from record ``index`` (see docs/lambda.md)."""
         if self.kind == "kinesis":
             return str(self.item_ids[index])
-        return {"partition": self.event_key, "offset": self.item_ids[index]}
+        return {KAFKA_PARTITION_KEY: self.event_key, "offset": self.item_ids[index]}
 
 
 def decode_event(event: Mapping[str, Any], *, deaggregate: bool = True) -> list[EventPartition]:
@@ -257,19 +262,22 @@ def _kafka(groups: Mapping[str, list[dict[str, Any]]]) -> list[EventPartition]:
 
 
 def _kafka_keys(records: list[dict[str, Any]]) -> list[bytes | None]:
-    texts = [r.get("key") for r in records]
-    if None not in texts:
-        keys, bad = _b64decode_all(texts)
-        if not bad:
-            return list(keys)
-    out: list[bytes | None] = []
-    for text in texts:
-        try:
-            out.append(None if text is None else _b64(text, None, True))
-        except (binascii.Error, ValueError, TypeError):
-            # A key is metadata: keep what arrived rather than failing the record over it.
-            out.append(text.encode() if isinstance(text, str) else None)
-    return out
+    texts: list[Any] = [r.get("key") for r in records]  # str, or None for a null key
+    try:
+        # The usual case in one C-level pass; a null key (TypeError) or bad base64 takes the slow path.
+        return list(map(_b64, texts, repeat(None), repeat(True)))
+    except (binascii.Error, ValueError, TypeError):
+        return [_kafka_key(text) for text in texts]
+
+
+def _kafka_key(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        return _b64(text, None, True)
+    except (binascii.Error, ValueError, TypeError):
+        # A key is metadata: keep what arrived rather than failing the record over it.
+        return text.encode()
 
 
 def _kafka_headers(records: list[dict[str, Any]]) -> list[list[Header] | None] | None:

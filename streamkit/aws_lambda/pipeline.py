@@ -24,7 +24,7 @@ import structlog
 
 from streamkit.build import BuildEnv, build_plugin, build_processor, build_route
 from streamkit.checkpoint import CheckpointStore, MemoryCheckpointStore
-from streamkit.config import PipelineConfig, convert, load_config
+from streamkit.config import PipelineConfig, convert, env_overrides, load_config
 from streamkit.deadletter import DeadLetterQueue
 from streamkit.errors import ConfigError
 from streamkit.metrics import Metrics
@@ -92,7 +92,8 @@ def load(spec: PipelineSpec, overrides: Mapping[str, Any]) -> tuple[Pipeline, La
     if isinstance(spec, PipelineConfig):
         pipeline = _from_config(spec)
     elif isinstance(spec, str | os.PathLike):
-        pipeline = _from_config(load_config(spec))
+        # STREAMKIT_SET overrides apply as they do for `streamkit run` (Lambda environment variables).
+        pipeline = _from_config(load_config(spec, env_overrides()))
     elif isinstance(spec, Pipeline):
         pipeline = spec
     elif callable(spec):
