@@ -281,7 +281,9 @@ class Runtime:
             await asyncio.wait({state.task})
         await self._until_idle(state.tracker.idle)
         await self._checkpoint(partition, state)
-        del self._partitions[partition]
+        # Gone already if the checkpoint was rejected (revoked as lost) or the partition ended meanwhile.
+        if self._partitions.get(partition) is state:
+            del self._partitions[partition]
         self.metrics.leases_held = len(self.held_partitions)
         log.info("partition released", partition=str(partition))
 

@@ -3,9 +3,12 @@
 Pacing respects the per-shard read limits, which every polling consumer of the stream shares: at most
 ``reads_per_second`` calls (the service allows 5) and ``read_bytes_per_second`` (the service allows
 2 MiB/s; after a 10 MiB response it refuses calls for 5 s, which byte pacing already avoids). Near the tip
-(an empty response or MillisBehindLatest 0) the loop polls every ``idle_poll_s`` instead. Throttling and
-transient errors back off exponentially with jitter; an expired iterator is renewed at the last position
-handed to the runtime, so nothing is skipped or re-read beyond that record.
+(an empty response, or a partial one with MillisBehindLatest 0) the loop polls every ``idle_poll_s``
+instead. Throttling, 5xx answers and connection failures of GetRecords and GetShardIterator back off
+exponentially with full jitter, the failed call counting against the call budget too. An expired iterator
+is renewed at the last record handed to the runtime (AT_SEQUENCE_NUMBER, skipping through it), so nothing is
+skipped or read twice; a reader that started at LATEST and delivered nothing yet renews AT_TIMESTAMP just
+before its first iterator instead of at a new LATEST, which would skip what arrived meanwhile.
 
 A fetcher for enhanced fan-out (SubscribeToShard) would replace :meth:`ShardReader._responses` only:
 everything after a response (deaggregation, positions, end of shard) is shared.
@@ -15,14 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import structlog
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import (
     ChildShard,
@@ -51,6 +56,25 @@ THROTTLED = frozenset(
         "ServiceUnavailableException",
     }
 )
+
+# Re-reading this far before the time of the last (empty) response covers clock skew between this host and
+# Kinesis when an iterator started at LATEST must be renewed before anything was delivered (see _iterator).
+_LATEST_RENEW_MARGIN_S = 5.0
+
+
+def _error_code(exc: ClientError) -> str:
+    code: str = exc.response.get("Error", {}).get("Code", "")
+    return code
+
+
+def _transient(exc: BaseException) -> str | None:
+    """The reason to retry ``exc`` (throttling, a 5xx, a connection failure), or None when it is permanent."""
+    if isinstance(exc, ClientError):
+        code = _error_code(exc)
+        return code if code in THROTTLED else None
+    if isinstance(exc, HTTPClientError | ConnectionError):
+        return type(exc).__name__
+    return None
 
 
 @dataclass(frozen=True)
@@ -100,6 +124,7 @@ class ShardReader(PartitionReader):
         hash_range: tuple[int, int] | None,
         on_end: Callable[[list[ChildShard]], Awaitable[None]],
         on_lag: Callable[[int | None], None] | None = None,
+        totals: Counter[str] | None = None,
     ) -> None:
         super().__init__(partition)
         self.client = client
@@ -113,8 +138,18 @@ class ShardReader(PartitionReader):
         self._on_end = on_end
         self._on_lag = on_lag
         self.calls = 0
+        """GetRecords calls made."""
         self.throttled = 0
+        """Calls refused for throttling or a transient failure (then retried after a back-off)."""
         self.expired_iterators = 0
+        """ExpiredIteratorException answers (the iterator was renewed at the last delivered record)."""
+        self.bytes_read = 0
+        """Bytes of GetRecords response bodies (what the byte pacing counts)."""
+        self.kpl_dropped = 0
+        """KPL user records dropped because their hash key is outside this shard's range."""
+        self._totals = totals
+        self._latest_from: dt.datetime | None = None
+        """When the first LATEST iterator was asked for (renewing it later must not skip anything)."""
 
     @property
     def shard_id(self) -> str:
@@ -130,20 +165,58 @@ class ShardReader(PartitionReader):
                 async with asyncio.timeout(seconds):
                     await self.stopping.wait()
 
-    async def _iterator(self) -> str:
+    def _count(self, what: str) -> None:
+        if self._totals is not None:
+            self._totals[what] += 1
+
+    async def _iterator(self) -> str | None:
+        """A shard iterator at the last delivered record, or at the start position; throttling is retried.
+        None when the reader is stopped meanwhile."""
         last = self.last_delivered
+        s = self.start
         if last is not None:
             # AT, then skip what was delivered: correct for plain and partly delivered aggregated records.
-            return await self.client.shard_iterator(
-                self.stream, self.shard_id, "AT_SEQUENCE_NUMBER", sequence_number=last.sequence
-            )
-        s = self.start
-        return await self.client.shard_iterator(
-            self.stream, self.shard_id, s.iterator_type, sequence_number=s.sequence_number, timestamp=s.timestamp
+            kwargs: dict[str, Any] = {"sequence_number": last.sequence}
+            iterator_type = "AT_SEQUENCE_NUMBER"
+        elif s.iterator_type == "LATEST" and self._latest_from is not None:
+            # Nothing delivered since we started at LATEST: a new LATEST iterator would skip what arrived
+            # meanwhile. Read from (a little before) the first one instead; nothing since was delivered.
+            iterator_type = "AT_TIMESTAMP"
+            kwargs = {"timestamp": self._latest_from - dt.timedelta(seconds=_LATEST_RENEW_MARGIN_S)}
+        else:
+            iterator_type = s.iterator_type
+            kwargs = {"sequence_number": s.sequence_number, "timestamp": s.timestamp}
+            if iterator_type == "LATEST":
+                self._latest_from = dt.datetime.now(dt.UTC)
+        attempt = 0
+        while True:
+            try:
+                return await self.client.shard_iterator(self.stream, self.shard_id, iterator_type, **kwargs)
+            except (ClientError, HTTPClientError, ConnectionError) as exc:
+                reason = _transient(exc)
+                if reason is None:
+                    raise
+                attempt += 1
+                await self._back_off(reason, attempt, "GetShardIterator")
+                if self.stopping.is_set():
+                    return None
+
+    async def _back_off(self, reason: str, attempt: int, operation: str) -> None:
+        self.throttled += 1
+        self._count("throttled")
+        delay = self.settings.retry.delay(attempt)
+        log.warning(
+            "kinesis call refused; backing off",
+            partition=str(self.partition),
+            operation=operation,
+            reason=reason,
+            attempt=attempt,
+            delay_s=round(delay, 3),
         )
+        await self._sleep(delay)
 
     async def _responses(self) -> AsyncIterator[DecodedRecords]:
-        """GetRecords responses in order, paced, with throttling and expiry handled."""
+        """GetRecords responses in order, paced, with throttling, transient failures and expiry handled."""
         iterator: str | None = await self._iterator()
         attempt = 0
         while iterator is not None and not self.stopping.is_set():
@@ -152,24 +225,28 @@ class ShardReader(PartitionReader):
                 return
             try:
                 self.calls += 1
+                self._count("calls")
                 decoded, nbytes = await self.client.get_records(iterator, self.settings.max_records)
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code", "")
-                if code == "ExpiredIteratorException":
+            except (ClientError, HTTPClientError, ConnectionError) as exc:
+                if isinstance(exc, ClientError) and _error_code(exc) == "ExpiredIteratorException":
                     self.expired_iterators += 1
-                    log.info("iterator expired; renewing", partition=str(self.partition))
+                    self._count("expired_iterators")
+                    log.info("iterator expired; renewing", partition=str(self.partition), at=str(self.last_delivered))
                     iterator = await self._iterator()
                     continue
-                if code in THROTTLED:
-                    attempt += 1
-                    self.throttled += 1
-                    self.pacer.record(0)
-                    log.warning("throttled", partition=str(self.partition), code=code, attempt=attempt)
-                    await self._sleep(self.settings.retry.delay(attempt))
-                    continue
-                raise
+                reason = _transient(exc)
+                if reason is None:
+                    raise
+                # The failed call counts against the shard's budget too; then back off exponentially.
+                attempt += 1
+                self.pacer.record(0)
+                await self._back_off(reason, attempt, "GetRecords")
+                continue
             attempt = 0
             self.pacer.record(nbytes)
+            self.bytes_read += nbytes
+            if self._totals is not None:
+                self._totals["bytes"] += nbytes
             if self._on_lag is not None:
                 self._on_lag(decoded.millis_behind_latest)
             yield decoded
@@ -178,8 +255,15 @@ class ShardReader(PartitionReader):
                 self.child_shards = decoded.child_shards
                 self.reached_end = True
                 return
-            if not len(decoded) or decoded.millis_behind_latest == 0:
+            if self._at_tip(decoded):
                 await self._sleep(self.settings.idle_poll_s)
+
+    def _at_tip(self, decoded: DecodedRecords) -> bool:
+        """Nothing more to read right now: poll slowly. A full response means more is waiting, whatever
+        MillisBehindLatest says (emulators report 0 throughout)."""
+        if not len(decoded):
+            return True
+        return decoded.millis_behind_latest == 0 and len(decoded) < self.settings.max_records
 
     async def batches(self) -> AsyncIterator[SourceBatch]:
         async for decoded in self._responses():
@@ -193,13 +277,28 @@ class ShardReader(PartitionReader):
     def _user_records(self, decoded: DecodedRecords) -> tuple[DeaggregatedRecords, dict[int, str]]:
         if not self.settings.deaggregate:
             return _plain(decoded), {}
+        failed: dict[int, str] = {}
         try:
-            return deaggregate(decoded, self.hash_range), {}
+            users = deaggregate(decoded, self.hash_range)
         except KplDecodeError:
-            return _deaggregate_each(decoded, self.hash_range)
+            users, failed = _deaggregate_each(decoded, self.hash_range)
+        if users.dropped:
+            self.kpl_dropped += users.dropped
+            if self._totals is not None:
+                self._totals["kpl_dropped"] += users.dropped
+            log.info(
+                "KPL user records outside the shard's hash range dropped",
+                partition=str(self.partition),
+                dropped=users.dropped,
+            )
+        return users, failed
 
     def _to_batch(self, users: DeaggregatedRecords, failed: dict[int, str]) -> SourceBatch | None:
         seqs, subs = users.sequence_numbers, users.sub_sequence_numbers
+        if not seqs:
+            # Every user record of the response was dropped (outside this shard's hash range): nothing to
+            # deliver. Re-reading such records after a restart drops them again.
+            return None
         keep = _after(seqs, subs, self.last_delivered)
         if keep is not None:
             if not keep.any():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections import Counter
 from contextlib import AsyncExitStack
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from streamkit.connectors.dynamodb import (
     LeaseCoordinator,
     LeaseLostError,
     LeaseTable,
+    LeaseTableError,
     ShardInfo,
     default_worker_id,
 )
@@ -111,6 +113,13 @@ class LeaseCheckpointStore(CheckpointStore):
             await coordinator.checkpoint(partition.key, sequence, sub)
         except LeaseLostError as exc:
             raise CheckpointRejected(str(exc)) from exc
+        except LeaseTableError as exc:
+            if not exc.retryable:
+                raise
+            # DynamoDB throttled or failed beyond the lease table's retries. The lease is still ours (or the
+            # renewals will find out it is not): skip this checkpoint instead of stopping the worker. The next
+            # one covers these records; if none comes, they are read again (at-least-once, never lost).
+            log.warning("checkpoint not written; the next one will cover it", partition=str(partition), error=str(exc))
 
 
 class KinesisSource(Source):
@@ -133,6 +142,8 @@ class KinesisSource(Source):
         )
         self.coordinator: LeaseCoordinator | None = None
         self.kinesis: KinesisClient | None = None
+        self.dynamodb: Any = None
+        """The lease table's aiobotocore DynamoDB client, once started."""
         self._store = LeaseCheckpointStore(self)
         self._stack = AsyncExitStack()
         self._host: PartitionHost | None = None
@@ -140,6 +151,10 @@ class KinesisSource(Source):
         self._run_done = asyncio.Event()
         self._running = False
         self._readers: dict[str, ShardReader] = {}
+        self.read_counts: Counter[str] = Counter()
+        """Totals over every shard reader of this worker: calls, bytes, throttled, expired_iterators,
+        kpl_dropped."""
+        self._handed_off: set[str] = set()
 
     def checkpoint_store(self) -> CheckpointStore:
         return self._store
@@ -159,6 +174,7 @@ class KinesisSource(Source):
         dynamodb = await self._stack.enter_async_context(
             get_session().create_client("dynamodb", **self.aws.client_kwargs("dynamodb"))
         )
+        self.dynamodb = dynamodb
         table = LeaseTable(dynamodb, self.table_name)
         opts = self.options
         self.coordinator = LeaseCoordinator(
@@ -171,8 +187,19 @@ class KinesisSource(Source):
             on_handoff=self._hand_off,
             initial_position=opts.initial_position,
         )
-        await table.ensure_exists()
-        await self._sync_shards()
+        try:
+            await table.ensure_exists()
+            multi_stream = [lease.lease_key for lease in await table.list_leases() if ":" in lease.lease_key]
+            if multi_stream:
+                raise ConfigError(
+                    "source.lease_table",
+                    f"{self.table_name!r} is a KCL multi-stream lease table (lease keys such as "
+                    f"{multi_stream[0]!r}); streamkit reads one stream per table: give this source a table of its own",
+                )
+            await self._sync_shards()
+        except BaseException:
+            await self._stack.aclose()  # the runtime does not close a source whose start failed
+            raise
         log.info("kinesis source started", stream=opts.stream, lease_table=self.table_name, worker=self.worker_id)
 
     async def run(self, host: PartitionHost, stop: asyncio.Event) -> None:
@@ -183,7 +210,7 @@ class KinesisSource(Source):
             async with asyncio.TaskGroup() as group:
                 coordinator_task = group.create_task(self.coordinator.run(), name="lease-coordinator")
                 helpers = [
-                    group.create_task(self._follow_leases(host), name="lease-events"),
+                    group.create_task(self._follow_leases(host, stop), name="lease-events"),
                     group.create_task(self._shard_sync_loop(), name="shard-sync"),
                 ]
                 # Leases stay renewed until the runtime wrote its final checkpoints and calls close().
@@ -204,26 +231,43 @@ class KinesisSource(Source):
         await self._stack.aclose()
 
     # -- leases ----------------------------------------------------------------------------------
-    async def _follow_leases(self, host: PartitionHost) -> None:
+    async def _follow_leases(self, host: PartitionHost, stop: asyncio.Event) -> None:
         assert self.coordinator is not None
         while True:
             event = await self.coordinator.events.get()
             partition = Partition(self.name, event.lease.lease_key)
             if event.kind == "acquired":
+                if stop.is_set():
+                    # The runtime is draining: a reader started now would never be stopped (and its records
+                    # never checkpointed). The lease is released with the others when the source closes.
+                    log.info("lease acquired while stopping; not reading it", partition=str(partition))
+                    continue
                 reader = self._reader_for(event.lease)
                 if reader is None:
                     continue
                 self._readers[event.lease.lease_key] = reader
-                await host.assign(reader)
+                try:
+                    await host.assign(reader)
+                except RuntimeError:
+                    # The runtime still runs an earlier reader of this shard (a "lost" it has not acted on):
+                    # the lease's checkpoint is what counts now, so replace it.
+                    log.warning("shard still assigned; restarting it from its lease", partition=str(partition))
+                    await host.revoke(partition, graceful=False)
+                    await host.assign(reader)
                 self._count("taken")
             else:
                 self._readers.pop(event.lease.lease_key, None)
                 await host.revoke(partition, graceful=False)
                 self._count("lost")
-                log.warning("lease lost", partition=str(partition), reason=event.reason)
+                if event.lease.lease_key in self._handed_off:
+                    self._handed_off.discard(event.lease.lease_key)
+                    log.info("lease handed off", partition=str(partition), reason=event.reason)
+                else:
+                    log.warning("lease lost", partition=str(partition), reason=event.reason)
 
     async def _hand_off(self, lease_key: str) -> None:
         """Called by the coordinator before a lease moves to another worker: drain and checkpoint first."""
+        self._handed_off.add(lease_key)
         if self._host is not None:
             await self._host.revoke(Partition(self.name, lease_key), graceful=True)
         self._readers.pop(lease_key, None)
@@ -247,6 +291,7 @@ class KinesisSource(Source):
             hash_range=hash_range,
             on_end=lambda children: self._shard_ended(lease.lease_key, children),
             on_lag=lambda ms: self._lag(partition, ms),
+            totals=self.read_counts,
         )
 
     def _start_at(self, checkpoint: str, sub_sequence: int) -> StartAt:
@@ -255,7 +300,12 @@ class KinesisSource(Source):
             position = KinesisPosition(parsed.sequence, sub_sequence)
             return StartAt("AT_SEQUENCE_NUMBER", sequence_number=parsed.sequence, skip_through=position)
         if parsed == "AT_TIMESTAMP":
-            assert self.options.initial_timestamp is not None
+            if self.options.initial_timestamp is None:
+                raise ConfigError(
+                    "source.initial_timestamp",
+                    f"lease table {self.table_name!r} starts shards AT_TIMESTAMP (as a KCL application configured "
+                    "with a timestamp does): set initial_timestamp to that time",
+                )
             timestamp = dt.datetime.fromisoformat(self.options.initial_timestamp)
             return StartAt("AT_TIMESTAMP", timestamp=timestamp)
         return StartAt(parsed)
@@ -271,8 +321,25 @@ class KinesisSource(Source):
             )
             for c in children
         ]
-        await self.coordinator.finish_shard(lease_key, infos)
         self._readers.pop(lease_key, None)
+        attempt = 0
+        while True:
+            try:
+                await self.coordinator.finish_shard(lease_key, infos)
+                break
+            except LeaseLostError as exc:
+                # Fenced at the very end: the new owner reads the shard's tail again and finishes it.
+                log.warning(
+                    "shard ended but its lease was lost; the new owner finishes it", shard=lease_key, error=str(exc)
+                )
+                return
+            except LeaseTableError as exc:
+                # Until SHARD_END is written the children cannot be read: keep trying (the lease stays renewed).
+                attempt += 1
+                if not exc.retryable or self.options.retry.exhausted(attempt):
+                    raise
+                log.warning("could not mark the shard's end yet; retrying", shard=lease_key, error=str(exc))
+                await asyncio.sleep(self.options.retry.delay(attempt))
         log.info("shard ended", shard=lease_key, children=[c.shard_id for c in children])
 
     # -- shard discovery -------------------------------------------------------------------------

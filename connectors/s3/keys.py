@@ -109,7 +109,8 @@ _OPAQUE_EXTRA_ESCAPES: Final = {ord(c): f"%{ord(c):02X}" for c in "-.~"}
 def render_position(position: PositionLike) -> str:
     """A source position as it appears in keys: fixed-width digits when numeric (compared as integers,
     as AWS asks for sequence numbers), else percent-encoded down to letters, digits and ``_``."""
-    sequence, sub = position if isinstance(position, tuple) else (position, None)
+    # Tuples carry (sequence, sub-sequence, ...): Kinesis positions also say how they checkpoint.
+    sequence, sub = (position[0], position[1]) if isinstance(position, tuple) else (position, None)
     text = str(sequence)
     if text.isascii() and text.isdigit():
         digits = text.lstrip("0") or "0"
