@@ -1,15 +1,19 @@
-"""``streamkit demo``: a realistic pipeline with no AWS account and no set-up.
+"""``streamkit demo``: Kinesis -> processors -> S3, with DynamoDB leases, all on local stand-ins.
 
-It writes the pipeline file it runs next to its output, so the user can read it, edit it and run it again
-with ``streamkit run``.
+It starts moto (S3, DynamoDB) and kinesalite (Kinesis) as child processes on 127.0.0.1, creates a stream and
+a bucket, produces sample events while the pipeline runs, shows progress, stops once every event was read,
+copies the S3 output to a local folder, and stops everything it started. It writes the pipeline file it
+ran next to the output, so the user can read it and run it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import structlog
 import yaml
@@ -19,18 +23,13 @@ from streamkit.cli import install_stop_signals, report_progress
 from streamkit.config import load_config
 from streamkit.runtime import Runtime
 
+STREAM, BUCKET, SHARDS = "clickstream", "demo-lake", 4
 
-def demo_config(output: Path, records: int, partitions: int) -> dict[str, object]:
+
+def demo_config(endpoints: dict[str, str]) -> dict[str, Any]:
     return {
         "name": "demo",
-        "source": {
-            "type": "generator",
-            "count": records,
-            "partitions": partitions,
-            "batch_size": 500,
-            "invalid_ratio": 0.001,
-            "stream": "clickstream",
-        },
+        "source": {"type": "kinesis", "stream": STREAM, "idle_poll_s": 0.2, "failover_time_s": 5},
         "processors": [
             {"type": "json.decode"},
             {"type": "filter", "where": {"field": "status", "not_equals": "err"}},
@@ -46,60 +45,85 @@ def demo_config(output: Path, records: int, partitions: int) -> dict[str, object
                     "ts": "ts",
                 },
             },
-            {"type": "json.encode"},
         ],
         "sinks": [
             {
-                "type": "file",
-                "name": "events",
-                "path": "events",
+                "type": "s3",
+                "name": "lake",
+                "bucket": BUCKET,
+                "prefix": "events/",
+                "format": "ndjson",
                 "compression": "gzip",
-                "max_records": 20_000,
+                "max_age_s": 1.0,
             },
             {
-                "type": "file",
+                "type": "s3",
                 "name": "purchases",
-                "path": "purchases",
+                "bucket": BUCKET,
+                "prefix": "purchases/",
+                "format": "parquet",
                 "when": {"field": "event", "equals": "purchase"},
+                "max_age_s": 1.0,
             },
         ],
-        "dead_letter": {"type": "file", "path": "dead-letter"},
-        "checkpoint": {"type": "file", "path": "checkpoints.json", "interval_s": 1.0},
-        "runtime": {"progress_interval_s": 1.0},
+        "dead_letter": {"type": "s3", "bucket": BUCKET, "prefix": "dead-letter/"},
+        "checkpoint": {"interval_s": 1.0},
+        "aws": {"region": "us-east-1", "endpoints": endpoints},
+        "runtime": {"progress_interval_s": 1.0, "metrics": {"emf": False}},
     }
 
 
-def write_demo_config(output: Path, records: int, partitions: int) -> Path:
-    output = output.resolve()
-    output.mkdir(parents=True, exist_ok=True)
-    config_path = output / "pipeline.yaml"
-    config_path.write_text(yaml.safe_dump(demo_config(output, records, partitions), sort_keys=False))
-    return config_path
-
-
 async def run_demo(output: Path, *, records: int, partitions: int) -> int:
-    config_path = await asyncio.to_thread(write_demo_config, output, records, partitions)
-    output = config_path.parent
-    print(f"demo: pipeline file {config_path}", file=sys.stderr)
-    pipeline = build_pipeline(load_config(config_path))
-    runtime = Runtime(pipeline)
-    stop = asyncio.Event()
-    install_stop_signals(stop, structlog.get_logger("streamkit"))
-    reporter = asyncio.create_task(report_progress(runtime, 1.0))
-    started = time.monotonic()
+    from streamkit.connectors.local import demo_stack
+    from streamkit.localstack import LocalStack
+
+    # The demo talks only to stand-ins on 127.0.0.1: give them dummy credentials, never the user's.
+    for variable in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
+        os.environ.pop(variable, None)
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    output = await asyncio.to_thread(output.resolve)
+    print("demo: starting local stand-ins (moto for S3 and DynamoDB, kinesalite for Kinesis) ...", file=sys.stderr)
+    stack = await asyncio.to_thread(LocalStack.start, moto=True, kinesalite=True)
     try:
-        summary = await runtime.run(stop)
-    finally:
+        endpoints = stack.aws_endpoints()
+        await asyncio.to_thread(demo_stack.create_resources, endpoints, STREAM, partitions or SHARDS, BUCKET)
+        config_path = await asyncio.to_thread(_write_config, output, demo_config(endpoints))
+        print(f"demo: pipeline file {config_path}", file=sys.stderr)
+        pipeline = build_pipeline(load_config(config_path))
+        runtime = Runtime(pipeline)
+        stop = asyncio.Event()
+        install_stop_signals(stop, structlog.get_logger("streamkit"))
+        started = time.monotonic()
+        producer = asyncio.create_task(asyncio.to_thread(demo_stack.produce, endpoints, STREAM, records, 0.001))
+        reporter = asyncio.create_task(report_progress(runtime, 1.0))
+        running = asyncio.create_task(runtime.run(stop))
+        sent = await producer
+        # Stop once every produced event was read (the drain then writes and checkpoints them all).
+        while runtime.metrics.total_in < sent and not running.done() and not stop.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        stop.set()
+        summary = await running
         reporter.cancel()
-    elapsed = time.monotonic() - started
+        elapsed = time.monotonic() - started
+        objects = await asyncio.to_thread(demo_stack.download, endpoints, BUCKET, output / "s3")
+        leases = await asyncio.to_thread(demo_stack.lease_checkpoints, endpoints, "demo-leases")
+    finally:
+        await asyncio.to_thread(stack.stop)
     print(f"progress: {pipeline.metrics.progress_line()}", file=sys.stderr)
-    print(
-        f"demo: {summary.records_in:,} records in {elapsed:.1f}s; "
-        f"{summary.dead_lettered:,} dead-lettered; checkpoints in {output / 'checkpoints.json'}"
-    )
+    print(f"demo: produced {sent:,} events to Kinesis stream {STREAM!r} ({partitions or SHARDS} shards)")
+    print(f"demo: read {summary.records_in:,} in {elapsed:.1f}s; {summary.dead_lettered:,} dead-lettered")
     for route in pipeline.routes:
-        directory = getattr(route.sink, "directory", None)
-        print(f"demo: sink {route.name!r} wrote {pipeline.metrics.sink_out[route.name]:,} records to {directory}")
-    print(f"demo: dead-letter entries in {output / 'dead-letter'}")
-    print(f"demo: run it again with: streamkit run {config_path}")
-    return 0
+        print(f"demo: sink {route.name!r} wrote {pipeline.metrics.sink_out.get(route.name, 0):,} records")
+    print(f"demo: {len(objects)} S3 objects ({sum(s for _, s in objects):,} bytes) copied to {output / 's3'}")
+    for key, _ in objects[:5]:
+        print(f"demo:   s3://{BUCKET}/{key}")
+    print(f"demo: lease table checkpoints: {leases}")
+    print(f"demo: pipeline file: {config_path} (the stand-ins are stopped; endpoints in it are gone)")
+    return 0 if summary.drained else 1
+
+
+def _write_config(output: Path, config: dict[str, Any]) -> Path:
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
