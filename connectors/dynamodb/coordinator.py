@@ -306,6 +306,7 @@ class LeaseCoordinator:
         self._running = False
         self._release_on_stop = True
         self.events: asyncio.Queue[LeaseEvent] = asyncio.Queue()
+        self._taking_paused = False
 
     # --- public API ----------------------------------------------------------------------------------------
 
@@ -441,10 +442,16 @@ class LeaseCoordinator:
             if await self._sleep(self._renew_interval - (time.monotonic() - started)):
                 return
 
+    def pause_taking(self) -> None:
+        """Stop taking and stealing leases while still renewing the held ones: a worker that is draining
+        for shutdown would otherwise steal leases only to release them moments later."""
+        self._taking_paused = True
+
     async def _taker_loop(self) -> None:
         while not self._stopping.is_set():
             started = time.monotonic()
-            await self._taker_pass()
+            if not self._taking_paused:
+                await self._taker_pass()
             if await self._sleep(self._next_taker_delay(started)):
                 return
 

@@ -213,14 +213,22 @@ class KinesisSource(Source):
                     group.create_task(self._follow_leases(host, stop), name="lease-events"),
                     group.create_task(self._shard_sync_loop(), name="shard-sync"),
                 ]
-                # Leases stay renewed until the runtime wrote its final checkpoints and calls close().
+                # Once stopping, take no more leases (they would be released moments later), but keep the
+                # held ones renewed until the runtime wrote its final checkpoints and calls close().
+                pause = group.create_task(self._pause_taking_on(stop), name="pause-taking")
                 await self._closing.wait()
+                pause.cancel()
                 for task in helpers:
                     task.cancel()
                 await self.coordinator.stop(release=True)
                 await coordinator_task
         finally:
             self._run_done.set()
+
+    async def _pause_taking_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        if self.coordinator is not None:
+            self.coordinator.pause_taking()
 
     async def close(self) -> None:
         self._closing.set()

@@ -508,6 +508,9 @@ async def test_leases_acquired_while_stopping_are_not_read_and_are_released(kine
     host, stop = _RecordingHost(), asyncio.Event()
     stop.set()  # the runtime is already draining
     running = asyncio.create_task(source.run(host, stop))
+    await asyncio.sleep(0.1)
+    # A stopping source pauses its taker; simulate a taker pass that was already under way when stop came.
+    source.coordinator._taking_paused = False
     async with asyncio.timeout(10):
         while len(source.coordinator.held()) < 2:  # noqa: ASYNC110 - the coordinator's own state
             await asyncio.sleep(0.02)
@@ -626,3 +629,24 @@ def test_the_kinesis_example_pipelines_validate() -> None:
     for example in examples:
         result = subprocess.run([*CLI, "validate", str(example)], capture_output=True, text=True, timeout=60, env=env)
         assert result.returncode == 0, f"{example.name}: {result.stderr}"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("aws_env")
+async def test_a_stopping_source_takes_no_leases(kinesalite: Any, moto_server: Any) -> None:
+    """Draining for shutdown pauses the taker: no lease is taken only to be released moments later."""
+    import asyncio
+
+    from streamkit.checkpoint import MemoryCheckpointStore
+
+    create_stream(kinesalite.endpoint_url, "fleet", shards=2)
+    built = _in_process(kinesalite.endpoint_url, moto_server.endpoint_url, "fleet", failover_time_s=1)
+    source = built.source
+    await source.start(MemoryCheckpointStore())
+    host, stop = _RecordingHost(), asyncio.Event()
+    stop.set()
+    running = asyncio.create_task(source.run(host, stop))
+    await asyncio.sleep(2.5)  # two taker intervals
+    assert source.coordinator.held() == set()
+    await source.close()
+    await running

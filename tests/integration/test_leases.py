@@ -517,3 +517,16 @@ async def _get(table: LeaseTable, key: str) -> Lease:
 
 async def _get_or_none(table: LeaseTable, key: str) -> Lease | None:
     return await table.get_lease(key)
+
+
+async def test_a_paused_taker_keeps_renewing_but_takes_nothing(table: LeaseTable) -> None:
+    """A draining worker must not steal leases it would release moments later, yet keeps what it holds."""
+    keys = await create_leases(table, 4)
+    holder, paused = coordinator(table, "holder"), coordinator(table, "paused")
+    async with running(holder):
+        await wait_for(lambda: len(holder.held()) == 4, 5, "the holder to take all leases")
+        paused.pause_taking()
+        async with running(paused):
+            await asyncio.sleep(3 * FAILOVER)  # several taker passes that would otherwise steal two leases
+            assert paused.held() == set()
+            assert holder.held() == set(keys)
