@@ -34,15 +34,23 @@ class Map:
         # One dict comprehension per record is the fast path when all paths are plain keys.
         self.flat = {out: path for out, path in mapping.items() if "." not in path}
         self.all_flat = len(self.flat) == len(mapping)
+        self.items = list(self.flat.items())
+        # Kept names need no (out, path) tuple unpacking per field: measurably faster per record.
+        self.same_names = all(out == path for out, path in self.items)
+        self.names = [path for _, path in self.items]
 
     def __call__(self, batch: RecordBatch, ctx: ProcessContext) -> RecordBatch | None:
         values = batch.values
         if self.missing == "omit" and self.all_flat:
-            items = list(self.flat.items())
             try:
                 # No isinstance per record: a non-dict value either has none of the keys (giving {} like
                 # the general path) or raises TypeError on indexing, and then the general path decides.
-                out = [{o: v[p] for o, p in items if p in v} for v in values]
+                if self.same_names:
+                    names = self.names
+                    out = [{p: v[p] for p in names if p in v} for v in values]
+                else:
+                    items = self.items
+                    out = [{o: v[p] for o, p in items if p in v} for v in values]
             except (TypeError, KeyError):
                 return self._general(batch, ctx)
             return batch.with_values(out)

@@ -1,4 +1,4 @@
-"""The ``streamkit`` command: run, validate, demo, plugins.
+"""The ``streamkit`` command: run, validate, demo, plugins, bench.
 
 Exit codes: 0 success (including a clean stop on SIGTERM/SIGINT), 1 the pipeline failed while running,
 2 the configuration is invalid (nothing was started).
@@ -42,11 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
 
     demo = sub.add_parser("demo", help="run a realistic pipeline on local stand-ins, no AWS account needed")
-    demo.add_argument("--records", type=int, default=20_000, help="events to produce")
+    demo.add_argument("--records", type=int, default=10_000, help="events to produce")
     demo.add_argument("--partitions", type=int, default=4, help="Kinesis shards")
     demo.add_argument("--output", type=Path, default=Path("demo-output"))
 
     sub.add_parser("plugins", help="list installed sources, sinks, processors and stores")
+
+    from streamkit.bench.args import add_arguments as bench_arguments
+
+    bench_arguments(sub.add_parser("bench", help="shard throughput of a pipeline, beside boto3, Powertools, ..."))
     return parser
 
 
@@ -67,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(run_demo(args.output, records=args.records, partitions=args.partitions))
         if args.command == "plugins":
             return list_plugins()
+        if args.command == "bench":
+            from streamkit.bench.args import run_from_args
+
+            return run_from_args(args, sys.argv[1:] if argv is None else argv)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -163,6 +163,13 @@ def stage_name(processor: object) -> str:
     return str(getattr(processor, "name", None) or getattr(processor, "__name__", type(processor).__name__))
 
 
+SLICE_RECORDS = 512
+"""Source batches larger than this go through the chain in slices of this many records. Each stage makes its
+own pass over its input: over a 10,000-record GetRecords batch the decoded values (~23 MB) fall out of the
+CPU caches between passes, over 512 records they stay in L2 (streamkit bench: json.decode -> filter -> map
++25-35%). Chains with an async processor get whole batches, to keep its concurrency window."""
+
+
 class Chain:
     """Processors applied in order; each stage sees every batch the previous stage produced."""
 
@@ -173,6 +180,17 @@ class Chain:
         self._async = [_returns_awaitable(p) for p in self.processors]
 
     async def run(self, batch: RecordBatch) -> tuple[list[RecordBatch], list[Failure]]:
+        if len(batch) <= SLICE_RECORDS or any(self._async):
+            return await self._run(batch)
+        outputs: list[RecordBatch] = []
+        failures: list[Failure] = []
+        for start in range(0, len(batch), SLICE_RECORDS):
+            out, failed = await self._run(batch.slice(start, start + SLICE_RECORDS))
+            outputs.extend(out)
+            failures.extend(failed)
+        return outputs, failures
+
+    async def _run(self, batch: RecordBatch) -> tuple[list[RecordBatch], list[Failure]]:
         ctx = ProcessContext(batch.partition, fail_fast=self.fail_fast)
         current = [batch]
         for processor, name, is_async in zip(self.processors, self._names, self._async, strict=True):
