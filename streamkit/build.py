@@ -106,9 +106,11 @@ def build_pipeline(config: PipelineConfig, *, metrics: Metrics | None = None) ->
         raise exc.within(config.origin) from None
 
 
-def _build(config: PipelineConfig, metrics: Metrics | None) -> Pipeline:
-    env = BuildEnv(config.name, config.aws, config.base_dir)
-    source: Source = build_plugin("source", config.source, "source", env, set())
+def build_outputs(
+    config: PipelineConfig, env: BuildEnv, metrics: Metrics
+) -> tuple[Chain, list[Route], DeadLetterQueue | None]:
+    """The processor chain, the sink routes and the dead-letter queue: everything after the source, shared
+    by the long-lived runtime and the Lambda adapter."""
     processors = [build_processor(p, f"processors[{i}]", env) for i, p in enumerate(config.processors)]
     routes = [build_route(s, i, env) for i, s in enumerate(config.sinks)]
     names = [r.name for r in routes]
@@ -119,6 +121,16 @@ def _build(config: PipelineConfig, metrics: Metrics | None) -> Pipeline:
     if config.dead_letter is not None:
         dead_letters = build_plugin("dead_letter", config.dead_letter, "dead_letter", env, set())
         dead_letters.pipeline = config.name
+    for route in routes:
+        route.sink.bind(route.name, dead_letters, metrics)
+    return Chain(processors, fail_fast=config.runtime.fail_fast), routes, dead_letters
+
+
+def _build(config: PipelineConfig, metrics: Metrics | None) -> Pipeline:
+    env = BuildEnv(config.name, config.aws, config.base_dir)
+    source: Source = build_plugin("source", config.source, "source", env, set())
+    metrics = metrics or Metrics()
+    chain, routes, dead_letters = build_outputs(config, env, metrics)
     checkpoint_section = {"type": "memory", **(config.checkpoint or {})}
     settings = convert(
         {k: v for k, v in checkpoint_section.items() if k in ("type", "interval_s")},
@@ -126,14 +138,11 @@ def _build(config: PipelineConfig, metrics: Metrics | None) -> Pipeline:
         "checkpoint",
     )
     store: CheckpointStore = build_plugin("checkpoint", checkpoint_section, "checkpoint", env, {"interval_s"})
-    metrics = metrics or Metrics()
     source.metrics = metrics
-    for route in routes:
-        route.sink.bind(route.name, dead_letters, metrics)
     return Pipeline(
         name=config.name,
         source=source,
-        chain=Chain(processors, fail_fast=config.runtime.fail_fast),
+        chain=chain,
         routes=routes,
         dead_letters=dead_letters,
         store=store,

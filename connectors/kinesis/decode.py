@@ -31,6 +31,7 @@ __all__ = [
     "DecodedRecords",
     "GetRecordsDecodeError",
     "KplDecodeError",
+    "as_user_records",
     "deaggregate",
     "decode_get_records",
 ]
@@ -182,6 +183,21 @@ def decode_get_records(body: bytes) -> DecodedRecords:
     )
 
 
+def as_user_records(decoded: DecodedRecords) -> DeaggregatedRecords:
+    """Every record as one user record (no KPL aggregation): the input columns with constant flags."""
+    n = len(decoded)
+    return DeaggregatedRecords(
+        payloads=decoded.payloads,
+        sequence_numbers=decoded.sequence_numbers,
+        sub_sequence_numbers=np.zeros(n, dtype=np.int64),
+        partition_keys=decoded.partition_keys,
+        explicit_hash_keys=[None] * n,
+        arrival_ms=decoded.arrival_ms,
+        aggregated=np.zeros(n, dtype=np.bool_),
+        dropped=0,
+    )
+
+
 def deaggregate(decoded: DecodedRecords, shard_hash_range: tuple[int, int] | None = None) -> DeaggregatedRecords:
     """Expand KPL aggregated records into user records.
 
@@ -191,20 +207,10 @@ def deaggregate(decoded: DecodedRecords, shard_hash_range: tuple[int, int] | Non
     KplDecodeError for an aggregated record whose digest matches but whose protobuf is malformed.
     """
     payloads = decoded.payloads
-    n = len(payloads)
     # Fast path: a batch without aggregated records is returned as the input columns with
     # constant flags, after a C-level scan of first bytes.
     if not _any_aggregated(payloads):
-        return DeaggregatedRecords(
-            payloads=payloads,
-            sequence_numbers=decoded.sequence_numbers,
-            sub_sequence_numbers=np.zeros(n, dtype=np.int64),
-            partition_keys=decoded.partition_keys,
-            explicit_hash_keys=[None] * n,
-            arrival_ms=decoded.arrival_ms,
-            aggregated=np.zeros(n, dtype=np.bool_),
-            dropped=0,
-        )
+        return as_user_records(decoded)
 
     out_payloads: list[bytes] = []
     out_seqs: list[str] = []

@@ -34,6 +34,7 @@ from streamkit.connectors.kinesis.decode import (
     DeaggregatedRecords,
     DecodedRecords,
     KplDecodeError,
+    as_user_records,
     deaggregate,
 )
 from streamkit.connectors.kinesis.positions import BatchPositions, KinesisPosition
@@ -276,7 +277,7 @@ class ShardReader(PartitionReader):
 
     def _user_records(self, decoded: DecodedRecords) -> tuple[DeaggregatedRecords, dict[int, str]]:
         if not self.settings.deaggregate:
-            return _plain(decoded), {}
+            return as_user_records(decoded), {}
         failed: dict[int, str] = {}
         try:
             users = deaggregate(decoded, self.hash_range)
@@ -319,20 +320,6 @@ class ShardReader(PartitionReader):
         return SourceBatch(batch, positions, failed or None)
 
 
-def _plain(decoded: DecodedRecords) -> DeaggregatedRecords:
-    n = len(decoded)
-    return DeaggregatedRecords(
-        payloads=decoded.payloads,
-        sequence_numbers=decoded.sequence_numbers,
-        sub_sequence_numbers=np.zeros(n, dtype=np.int64),
-        partition_keys=decoded.partition_keys,
-        explicit_hash_keys=[None] * n,
-        arrival_ms=decoded.arrival_ms,
-        aggregated=np.zeros(n, dtype=np.bool_),
-        dropped=0,
-    )
-
-
 def _single(decoded: DecodedRecords, i: int) -> DecodedRecords:
     return replace(
         decoded,
@@ -356,7 +343,7 @@ def _deaggregate_each(
         try:
             part = deaggregate(one, hash_range)
         except KplDecodeError as exc:
-            part = _plain(one)
+            part = as_user_records(one)
             failed[offset] = f"malformed KPL aggregated record: {exc}"
         parts.append(part)
         offset += len(part.payloads)

@@ -22,13 +22,11 @@ from typing import Annotated, Any, Literal
 import msgspec
 import structlog
 
-from streamkit.build import BuildEnv, build_plugin, build_processor, build_route
+from streamkit.build import BuildEnv, build_outputs
 from streamkit.checkpoint import CheckpointStore, MemoryCheckpointStore
 from streamkit.config import PipelineConfig, convert, env_overrides, load_config
-from streamkit.deadletter import DeadLetterQueue
 from streamkit.errors import ConfigError
 from streamkit.metrics import Metrics
-from streamkit.processor import Chain
 from streamkit.runtime import Pipeline
 from streamkit.source import PartitionHost, Source
 
@@ -138,23 +136,12 @@ def _build(config: PipelineConfig) -> Pipeline:
     source = _source(config.source, env)
     if config.checkpoint is not None:
         log.info("checkpoint section ignored: the event source mapping checkpoints in Lambda")
-    processors = [build_processor(p, f"processors[{i}]", env) for i, p in enumerate(config.processors)]
-    routes = [build_route(s, i, env) for i, s in enumerate(config.sinks)]
-    names = [r.name for r in routes]
-    duplicate = next((n for n in names if names.count(n) > 1), None)
-    if duplicate:
-        raise ConfigError("sinks", f"two sinks are named {duplicate!r}; sink names must be unique")
-    dead_letters: DeadLetterQueue | None = None
-    if config.dead_letter is not None:
-        dead_letters = build_plugin("dead_letter", config.dead_letter, "dead_letter", env, set())
-        dead_letters.pipeline = config.name
     metrics = Metrics()
-    for route in routes:
-        route.sink.bind(route.name, dead_letters, metrics)
+    chain, routes, dead_letters = build_outputs(config, env, metrics)
     return Pipeline(
         name=config.name,
         source=source,
-        chain=Chain(processors, fail_fast=config.runtime.fail_fast),
+        chain=chain,
         routes=routes,
         dead_letters=dead_letters,
         store=MemoryCheckpointStore(),
