@@ -72,7 +72,8 @@ class JsonEncode:
         option = self.option
         failed: list[int] = []
         try:
-            payloads = [dumps(v, option=option) for v in batch.values]
+            # A keyword argument per call costs measurably at 10^5 records/s: pass it only when set.
+            payloads = [dumps(v, option=option) for v in batch.values] if option else [dumps(v) for v in batch.values]
         except orjson.JSONEncodeError:
             payloads = []
             for i, value in enumerate(batch.values):

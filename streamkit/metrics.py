@@ -34,7 +34,8 @@ class PartitionStats:
     dead_lettered: int = 0
     checkpoints: int = 0
     millis_behind: int | None = None
-    """Kinesis MillisBehindLatest, or Kafka consumer lag in records (see the source's docs)."""
+    """How far behind the source's newest record this partition is, in milliseconds: Kinesis
+    MillisBehindLatest, or for Kafka the age of the last fetched record (see docs/kafka.md)."""
     processing_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     """Time from a batch leaving the source to the end of the processor chain, per batch."""
 
