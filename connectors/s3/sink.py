@@ -200,13 +200,14 @@ class S3Sink(Sink):
                 self.stats.parts += 1
 
     # -- cutting and memory ----------------------------------------------------------------------
-    def _close(self, segment: Segment) -> None:
+    def _close(self, segment: Segment) -> asyncio.Task[None]:
         self.stats.segments += 1
         self.stats.forced_segments += segment.forced
-        self._measure()
         task = asyncio.get_running_loop().create_task(self._write_segment(segment))
         self._closing[task] = segment
         task.add_done_callback(self._closed)
+        self._measure()  # with the segment among the closing ones: it holds its bytes until written
+        return task
 
     def _closed(self, task: asyncio.Task[None]) -> None:
         self._closing.pop(task, None)
@@ -228,7 +229,15 @@ class S3Sink(Sink):
 
     async def _relieve(self) -> None:
         """Over the memory budget or the unacknowledged-bytes limit: write the largest open segment,
-        or wait for segments being written (cutting more would not free anything sooner)."""
+        or wait for segments being written (cutting more would not free anything sooner).
+
+        A cut frees nothing until its segment is written, so after one this waits for that write
+        before measuring again. Measuring right after the cut is not enough: the cut feeds the
+        segment's pending records to its writers, so they are counted at their encoded size instead of
+        their raw size, and that alone can take the total just under the budget. Going on then would
+        let the next records open a new segment (one object per Hive partition, each with its fixed
+        overhead) next to the one being written: twice the budget. That happened whenever a source
+        batch reached the sink in several slices, which leaves a part-filled slice pending."""
         options = self.options
         while True:
             buffered, unacked = self._measure()
@@ -247,8 +256,10 @@ class S3Sink(Sink):
             shard = self._shards[largest.partition]
             async with shard.lock:
                 segment = shard.segments.cut("memory_budget" if over_memory else "max_unacked_bytes")
-                if segment is not None:
-                    self._close(segment)
+                written = self._close(segment) if segment is not None else None
+            if written is not None:
+                await asyncio.wait([written])
+                self._raise_error()
 
     async def run(self, stop: asyncio.Event) -> None:
         """The age timer: a segment open for max_age_s is written; write errors surface here."""

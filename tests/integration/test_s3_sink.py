@@ -372,6 +372,49 @@ async def test_many_open_partitions_stay_under_the_memory_budget(
     assert all(i % 200 == int(k.split("/")[0][2:]) for k, found in by_key.items() for i in found)
 
 
+async def test_a_source_batch_in_slices_stays_under_the_memory_budget(
+    moto_server: MotoServer, aws_env: dict[str, str]
+) -> None:
+    """The chain hands a large source batch on in slices (``SLICE_RECORDS``): one ticket, several submits.
+
+    A part-filled sink slice is then pending whenever the budget forces a cut. The cut feeds it to the
+    writers, which counts it at its encoded size instead of its raw size: that must not pass for relief
+    while the cut segment is still being written, or the next slice opens a new segment (50 objects,
+    50 x 64 KiB of compressor state) next to it."""
+    create_bucket(moto_server)
+    rng = np.random.default_rng(7)
+    words = ["".join(chr(97 + c) for c in rng.integers(0, 26, 7)) for _ in range(256)]
+    text = [" ".join(words[j] for j in rng.integers(0, 256, 30)) for _ in range(997)]
+    values = [{"id": i, "g": i % 50, "text": text[i % 997]} for i in range(40_000)]
+    payloads = [orjson.dumps(v) for v in values]
+    budget = int(3.8 * MIB)  # 50 open gzip objects take 3.1 MiB of compressor state alone
+    sink = make_sink(moto_server.endpoint_url, partition_template="g={field.g}/", memory_budget=budget)
+    tracker = PartitionTracker(P)
+    size, slice_records = 1000, 512  # a 1000-record source batch as the chain slices it (SLICE_RECORDS): 512 + 488
+    await sink.start()
+    try:
+        for start in range(0, len(payloads), size):
+            end = min(start + size, len(payloads))
+            batch = RecordBatch(P, payloads=payloads[start:end], values=values[start:end])
+            batch.ticket = ticket = tracker.open(list(range(start, end)), batch.total_bytes())
+            for first in range(0, len(batch), slice_records):
+                piece = batch.slice(first, first + slice_records)
+                assert piece.ticket is ticket
+                ticket.hold(piece.origin)
+                await sink.submit(piece)
+            ticket.release_processing()
+        await sink.flush()
+    finally:
+        await sink.close()
+
+    stats = sink.stats
+    assert stats.forced_segments >= 2, "the budget, not the end of the input, closed the objects"
+    assert stats.peak_buffered_bytes <= budget * 1.05, stats
+    assert tracker.checkpoint_position() == len(payloads) - 1
+    by_key = ndjson_ids(moto_server, object_keys(moto_server))
+    assert sorted(i for found in by_key.values() for i in found) == list(range(len(payloads)))
+
+
 # -- multipart ---------------------------------------------------------------------------------------
 STREAMING = {"format": "ndjson", "compression": "none", "multipart_threshold": "5MiB", "part_size": "5MiB"}
 
