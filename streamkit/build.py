@@ -7,12 +7,12 @@ validate`` and ``streamkit run`` report every configuration mistake at start-up 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from streamkit.checkpoint import CheckpointStore
-from streamkit.config import AwsSettings, CheckpointSettings, PipelineConfig, convert
+from streamkit.config import AwsSettings, CheckpointSettings, PipelineConfig, RuntimeSettings, convert
 from streamkit.deadletter import DeadLetterQueue
 from streamkit.errors import ConfigError
 from streamkit.metrics import Metrics
@@ -33,6 +33,8 @@ class BuildEnv:
     base_dir: Path
     where: str = ""
     """The key path of the section being built, for error messages."""
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    """The pipeline's runtime settings, for plugins whose limits must fit the memory budget."""
 
     def resolve(self, reference: str, where: str) -> Any:
         return resolve_reference(reference, where)
@@ -127,7 +129,7 @@ def build_outputs(
 
 
 def _build(config: PipelineConfig, metrics: Metrics | None) -> Pipeline:
-    env = BuildEnv(config.name, config.aws, config.base_dir)
+    env = BuildEnv(config.name, config.aws, config.base_dir, runtime=config.runtime)
     source: Source = build_plugin("source", config.source, "source", env, set())
     metrics = metrics or Metrics()
     chain, routes, dead_letters = build_outputs(config, env, metrics)

@@ -50,8 +50,10 @@ class S3SinkOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     slice_records: int = 500
     memory_budget: Size = Size(256 * MIB)
     """Encoded bytes held by all open and closing objects of this sink."""
-    max_unacked_bytes: Size = Size(48 * MIB)
-    """Source bytes of records held unacknowledged; keep below runtime.max_bytes_in_flight."""
+    max_unacked_bytes: Size | None = None
+    """Source bytes of records held unacknowledged; default 3/4 of runtime.max_bytes_in_flight (at most
+    48MiB), and never above it: the runtime stops fetching at its budget, so a larger value would only
+    leave fetching stalled until max_age_s cuts the segments."""
     multipart_threshold: Size = Size(16 * MIB)
     part_size: Size = Size(8 * MIB)
     max_concurrent_uploads: int = 8
@@ -73,13 +75,27 @@ def load_schema(value: dict[str, Any] | str | None, env: BuildEnv, where: str) -
     return loaded
 
 
+def unacked_limit(options: S3SinkOptions, runtime_budget: int, where: str) -> int:
+    """``max_unacked_bytes`` as configured, or derived from the runtime's byte budget."""
+    if options.max_unacked_bytes is None:
+        return min(48 * MIB, runtime_budget * 3 // 4)
+    if options.max_unacked_bytes < 1:
+        raise ConfigError(f"{where}.max_unacked_bytes", f"expected at least 1, got {options.max_unacked_bytes}")
+    if options.max_unacked_bytes >= runtime_budget:
+        raise ConfigError(
+            f"{where}.max_unacked_bytes",
+            f"{options.max_unacked_bytes} bytes must be below runtime.max_bytes_in_flight ({runtime_budget}): "
+            "the runtime stops fetching at its budget, before this sink would cut a segment",
+        )
+    return int(options.max_unacked_bytes)
+
+
 def check_options(options: S3SinkOptions, where: str) -> None:
     positive = {
         "max_records": options.max_records,
         "max_bytes": options.max_bytes,
         "slice_records": options.slice_records,
         "memory_budget": options.memory_budget,
-        "max_unacked_bytes": options.max_unacked_bytes,
         "max_concurrent_uploads": options.max_concurrent_uploads,
         "multipart_threshold": options.multipart_threshold,
     }

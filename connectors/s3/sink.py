@@ -25,7 +25,13 @@ import structlog
 from streamkit.connectors.aws_clients import SDK_ERRORS, AwsClient, describe_error, error_code
 from streamkit.connectors.s3.keys import PositionLike, TemplateError, compile_key_template, compile_partitioner
 from streamkit.connectors.s3.segments import OpenObject, Segment, ShardSegments
-from streamkit.connectors.s3.settings import S3SinkOptions, check_options, segment_rules, writer_factory
+from streamkit.connectors.s3.settings import (
+    S3SinkOptions,
+    check_options,
+    segment_rules,
+    unacked_limit,
+    writer_factory,
+)
 from streamkit.connectors.s3.upload import Outcome, S3Requests
 
 from streamkit.batch import Partition, RecordBatch
@@ -81,6 +87,7 @@ class S3Sink(Sink):
     def __init__(self, options: S3SinkOptions, env: BuildEnv) -> None:
         where = env.where or "sink"
         check_options(options, where)
+        self.max_unacked_bytes = unacked_limit(options, env.runtime.max_bytes_in_flight, where)
         self.options = options
         self.where = where
         try:
@@ -242,7 +249,7 @@ class S3Sink(Sink):
         while True:
             buffered, unacked = self._measure()
             over_memory = buffered > options.memory_budget
-            if not over_memory and unacked <= options.max_unacked_bytes:
+            if not over_memory and unacked <= self.max_unacked_bytes:
                 return
             if self._closing:
                 await asyncio.wait(list(self._closing), return_when=asyncio.FIRST_COMPLETED)

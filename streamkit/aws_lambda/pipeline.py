@@ -132,7 +132,7 @@ def _from_config(config: PipelineConfig) -> Pipeline:
 
 def _build(config: PipelineConfig) -> Pipeline:
     """Like streamkit.build.build_pipeline, without building the source and checkpoint sections."""
-    env = BuildEnv(config.name, config.aws, config.base_dir)
+    env = BuildEnv(config.name, config.aws, config.base_dir, runtime=config.runtime)
     source = _source(config.source, env)
     if config.checkpoint is not None:
         log.info("checkpoint section ignored: the event source mapping checkpoints in Lambda")

@@ -676,3 +676,15 @@ def test_configuration_mistakes_name_their_key(options: dict[str, Any], path: st
     with pytest.raises(ConfigError) as error:
         make_sink("http://127.0.0.1:9", **options)  # validated before anything connects
     assert error.value.path == path, error.value
+
+
+def test_the_unacknowledged_limit_fits_the_runtime_budget(moto_server: MotoServer, tmp_path: Path) -> None:
+    """Derived from runtime.max_bytes_in_flight by default; a value at or above it fails at start-up,
+    because fetching would stop at the runtime's budget before the sink ever cut a segment."""
+    small = {"runtime": {"max_bytes_in_flight": "16MiB"}}
+    sink = build(pipeline_config(moto_server, {}, **small), tmp_path).routes[0].sink
+    assert isinstance(sink, S3Sink) and sink.max_unacked_bytes == 12 * MIB
+    default = build(pipeline_config(moto_server, {}), tmp_path).routes[0].sink
+    assert isinstance(default, S3Sink) and default.max_unacked_bytes == 48 * MIB
+    with pytest.raises(ConfigError, match=r"sinks\[0\]\.max_unacked_bytes: .* must be below runtime"):
+        build(pipeline_config(moto_server, {"max_unacked_bytes": "16MiB"}, **small), tmp_path)
