@@ -26,6 +26,7 @@ from streamkit.aws_lambda.events import EventPartition, decode_event
 from streamkit.aws_lambda.pipeline import LambdaOptions, PipelineSpec, load, resolve_record_errors
 from streamkit.batch import BoolArray, RecordBatch
 from streamkit.deadletter import DeadLetterQueue
+from streamkit.emf import EmfReporter
 from streamkit.processor import Chain, Failure
 from streamkit.runtime import Pipeline, tune_gc
 from streamkit.sink import BufferOptions, Sink
@@ -50,6 +51,11 @@ class LambdaApp:
         for route in pipeline.routes:
             route.sink.bind(route.name, self.held if self.held is not None else pipeline.dead_letters, pipeline.metrics)
         self.invocations = 0
+        # Metrics as EMF lines on stdout at the end of every invocation: Lambda ships stdout to CloudWatch
+        # Logs, which turns them into metrics with no agent and no extra API call on the hot path.
+        self.emf: EmfReporter | None = None
+        if pipeline.settings.metrics.emf:
+            self.emf = EmfReporter(pipeline.metrics, pipeline.name, namespace=pipeline.settings.metrics.namespace)
         self.loop = asyncio.new_event_loop()
         try:
             self.loop.run_until_complete(self._start())
@@ -76,7 +82,11 @@ class LambdaApp:
         self.invocations += 1
         request_id = getattr(context, "aws_request_id", None)
         with structlog.contextvars.bound_contextvars(request_id=request_id):
-            return self.loop.run_until_complete(self._invoke(event, _Deadline(context, self.options)))
+            try:
+                return self.loop.run_until_complete(self._invoke(event, _Deadline(context, self.options)))
+            finally:
+                if self.emf is not None:
+                    self.emf.emit()
 
     def close(self) -> None:
         """Close sinks and the event loop (tests, or a runtime shutdown hook)."""

@@ -644,7 +644,9 @@ def test_a_good_pipeline_file_is_started_during_the_init_phase(tmp_path: Path) -
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert orjson.loads(proc.stdout) == {"batchItemFailures": []}
+    *emf, response = proc.stdout.splitlines()  # EMF metric lines come first, then the printed response
+    assert orjson.loads(response) == {"batchItemFailures": []}
+    assert emf and all('"_aws"' in line for line in emf)
     assert ids((next((tmp_path / "out").glob("*.ndjson"))).read_bytes().splitlines()) == [7]
 
 
@@ -729,3 +731,20 @@ def test_the_example_event_source_mapping_reports_batch_item_failures() -> None:
     assert mapping["BisectBatchOnFunctionError"] is True
     assert mapping["MaximumRetryAttempts"] > 0 and "OnFailure" in mapping["DestinationConfig"]
     assert {"BatchSize", "MaximumBatchingWindowInSeconds"} <= set(mapping)
+
+
+def test_every_invocation_emits_emf_metrics_on_stdout(
+    apps: list[LambdaApp], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = handler_for(apps, tmp_path, runtime={"metrics": {"namespace": "lambda-test"}})
+    capsys.readouterr()
+    app(kinesis_event([js(i) for i in range(20)]), Context())
+    app(kinesis_event([js(i) for i in range(20, 30)], first=20), Context())
+    docs = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    per_partition = [d for d in docs if "Partition" in d]
+    assert [d["RecordsIn"] for d in per_partition] == [20, 10], "one report per invocation, as deltas"
+    assert all(d["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "lambda-test" for d in docs)
+    quiet = handler_for(apps, tmp_path / "quiet", runtime={"metrics": {"emf": False}})
+    capsys.readouterr()
+    quiet(kinesis_event([js(1)]), Context())
+    assert '"_aws"' not in capsys.readouterr().out
