@@ -57,7 +57,7 @@ class EmfReporter:
         self.metrics = metrics
         self.pipeline = pipeline
         self.namespace = namespace
-        self.out = out or sys.stdout
+        self._out = out
         self._previous: dict[tuple[str, str, str], float] = {}
 
     def _delta(self, scope: str, name: str, metric: str, value: float) -> float:
@@ -117,8 +117,9 @@ class EmfReporter:
 
     def emit(self) -> None:
         lines = b"".join(orjson.dumps(doc) + b"\n" for doc in self.documents())
-        self.out.write(lines.decode())
-        self.out.flush()
+        out = self._out or sys.stdout  # looked up per report, so redirections of stdout apply
+        out.write(lines.decode())
+        out.flush()
 
     async def run(self, interval_s: float, stop: asyncio.Event) -> None:
         while not stop.is_set():
