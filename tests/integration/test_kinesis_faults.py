@@ -267,6 +267,9 @@ async def test_a_checkpoint_refused_by_dynamodb_fences_the_worker_and_the_new_ow
     await wait_for(lambda: steal.answer is not None, timeout=20)
     assert steal.answer == "ConditionalCheckFailedException"
     await wait_for(lambda: partition not in a.runtime.held_partitions, timeout=5)
+    # The runtime drops the shard as soon as the checkpoint is refused; the coordinator's "lost" event,
+    # which the metrics count, may arrive a moment later.
+    await wait_for(lambda: a.pipeline.metrics.leases["lost"] >= 1, timeout=5)
     assert a.pipeline.metrics.leases["lost"] == 1
     with pytest.raises(CheckpointRejected):
         await a.source.checkpoint_store().save(partition, "99999999999999999999999999999999999999999999999999999:0")
