@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from typing import Any
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, TypeVar
 
 import orjson
+from botocore.awsrequest import AWSResponse
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import Partition, RecordBatch
+from streamkit.sink import Sink
 
 P = Partition("test:stream", "0")
+SinkT = TypeVar("SinkT", bound=Sink)
 
 
 def json_batch(values: Sequence[Any], partition: Partition = P) -> RecordBatch:
@@ -30,3 +34,19 @@ async def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.02
     async with asyncio.timeout(timeout):
         while not predicate():  # noqa: ASYNC110 - polling state owned by the code under test
             await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def started(sink: SinkT) -> AsyncIterator[SinkT]:
+    """A sink started for a test and closed afterwards, whatever the test did."""
+    await sink.start()
+    try:
+        yield sink
+    finally:
+        await sink.close()
+
+
+def modelled_response(status: int, parsed: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
+    """What a botocore ``before-call`` hook returns to answer in place of the service (fault injection)."""
+    parsed["ResponseMetadata"] = {"HTTPStatusCode": status, "HTTPHeaders": {}}
+    return AWSResponse("http://fault-injection", status, {}, None), parsed

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,6 @@ import numpy as np
 import orjson
 import pytest
 from aiobotocore.session import get_session
-from botocore.awsrequest import AWSResponse
 from streamkit.connectors.firehose import FirehoseOptions, FirehoseSink
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter
 
@@ -36,7 +34,7 @@ from streamkit.config import AwsSettings, convert, parse_config
 from streamkit.errors import ConfigError, SinkError
 from streamkit.localstack import MotoServer
 from streamkit.runtime import Runtime
-from tests.helpers import P, ticketed, wait_for
+from tests.helpers import P, modelled_response, started, ticketed, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,20 +80,6 @@ def make_sink(moto: MotoServer, **options: Any) -> tuple[FirehoseSink, MemoryDea
     return sink, dlq
 
 
-@contextlib.asynccontextmanager
-async def started(sink: FirehoseSink) -> AsyncIterator[FirehoseSink]:
-    await sink.start()
-    try:
-        yield sink
-    finally:
-        await sink.close()
-
-
-def response(status: int, parsed: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
-    parsed["ResponseMetadata"] = {"HTTPStatusCode": status, "HTTPHeaders": {}}
-    return AWSResponse("http://fault-injection", status, {}, None), parsed
-
-
 class FirehoseFaults:
     """A before-call hook: per-record failures and whole-call errors, everything else goes to moto."""
 
@@ -126,7 +110,7 @@ class FirehoseFaults:
         fault = self.call_errors.pop(0) if self.call_errors else self.call_fault(records)
         if fault is not None:
             status, code = fault
-            return response(status, {"Error": {"Code": code, "Message": f"injected {code}"}})
+            return modelled_response(status, {"Error": {"Code": code, "Message": f"injected {code}"}})
         failures = {i: error for i, data in enumerate(records) if (error := self.plan(i, data))}
         if not failures:
             return None  # the real call goes to moto
@@ -142,7 +126,9 @@ class FirehoseFaults:
             {"ErrorCode": failures[i], "ErrorMessage": f"injected {failures[i]}"} if i in failures else next(forwarded)
             for i in range(len(records))
         ]
-        return response(200, {"FailedPutCount": len(failures), "Encrypted": False, "RequestResponses": results})
+        return modelled_response(
+            200, {"FailedPutCount": len(failures), "Encrypted": False, "RequestResponses": results}
+        )
 
 
 def events(n: int, pad: int = 0) -> list[dict[str, Any]]:

@@ -24,6 +24,7 @@ from streamkit.errors import ConfigError
 from streamkit.localstack import MotoServer
 from streamkit.processor import Failure
 from streamkit.runtime import Runtime
+from tests.helpers import modelled_response
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -148,8 +149,7 @@ class SlowDownTwice:
         self.calls += 1
         if self.calls > 2:
             return None
-        parsed = {"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503, "HTTPHeaders": {}}}
-        return AWSResponse("http://fault-injection", 503, {}, None), parsed
+        return modelled_response(503, {"Error": {"Code": "SlowDown"}})
 
 
 async def test_sse_kms_parameters_and_a_missing_bucket(moto_server: MotoServer, aws_env: dict[str, str]) -> None:

@@ -44,7 +44,7 @@ from streamkit.errors import ConfigError, SinkError
 from streamkit.localstack import MotoServer
 from streamkit.runtime import Pipeline, Route, RunSummary, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
-from tests.helpers import wait_for
+from tests.helpers import modelled_response, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -173,11 +173,7 @@ class Faults:
         if not self.first < self.calls <= self.first + self.count:
             return None  # the real call goes to moto
         self.injected += 1
-        parsed = {
-            "Error": {"Code": self.code, "Message": f"injected {self.code}"},
-            "ResponseMetadata": {"HTTPStatusCode": self.status, "HTTPHeaders": {}},
-        }
-        return AWSResponse("http://fault-injection", self.status, {}, None), parsed
+        return modelled_response(self.status, {"Error": {"Code": self.code, "Message": f"injected {self.code}"}})
 
 
 def records(n: int, pad: int = 80) -> list[bytes]:

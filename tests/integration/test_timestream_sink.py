@@ -17,17 +17,15 @@ the other records of the call are written.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 from aiobotocore.session import get_session
-from botocore.awsrequest import AWSResponse
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter
 from streamkit.connectors.timestream import TimestreamOptions, TimestreamSink
 
@@ -36,7 +34,7 @@ from streamkit.config import AwsSettings, convert, parse_config
 from streamkit.errors import ConfigError, SinkError
 from streamkit.localstack import MotoServer
 from streamkit.runtime import Runtime
-from tests.helpers import ticketed, wait_for
+from tests.helpers import modelled_response, started, ticketed, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,20 +82,6 @@ def make_sink(moto: MotoServer, **overrides: Any) -> tuple[TimestreamSink, Memor
     return sink, dlq
 
 
-@contextlib.asynccontextmanager
-async def started(sink: TimestreamSink) -> AsyncIterator[TimestreamSink]:
-    await sink.start()
-    try:
-        yield sink
-    finally:
-        await sink.close()
-
-
-def response(status: int, parsed: dict[str, Any]) -> tuple[AWSResponse, dict[str, Any]]:
-    parsed["ResponseMetadata"] = {"HTTPStatusCode": status, "HTTPHeaders": {}}
-    return AWSResponse("http://fault-injection", status, {}, None), parsed
-
-
 class TimestreamFaults:
     """A before-call hook: rejected records and whole-call errors; everything else goes to moto."""
 
@@ -123,7 +107,7 @@ class TimestreamFaults:
         self.calls.append(body)
         if self.call_errors:
             status, code = self.call_errors.pop(0)
-            return response(status, {"Error": {"Code": code, "Message": f"injected {code}"}})
+            return modelled_response(status, {"Error": {"Code": code, "Message": f"injected {code}"}})
         reasons = {i: reason for i, r in enumerate(body["Records"]) if (reason := self.reject(r))}
         if not reasons:
             return None  # the real call goes to moto
@@ -136,7 +120,7 @@ class TimestreamFaults:
             if "version" in item["Reason"]:
                 item["ExistingVersion"] = 7
         error = {"Code": "RejectedRecordsException", "Message": "One or more records have been rejected."}
-        return response(419, {"Error": error, "Message": error["Message"], "RejectedRecords": rejected})
+        return modelled_response(419, {"Error": error, "Message": error["Message"], "RejectedRecords": rejected})
 
 
 def clicks(n: int) -> list[dict[str, Any]]:
