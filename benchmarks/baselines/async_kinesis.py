@@ -56,15 +56,12 @@ def local(data: LocalInput) -> Figures:
     clock.start()
     records = asyncio.run(_consume(data, out, clock))
     gave_up = "" if records >= data.records or data.duration_s else f"; gave up after {GIVE_UP_S:.0f} s"
-    return Figures(
+    return Figures.timed(
+        clock,
         name="async-kinesis",
         description=DESCRIPTION,
         records=records,
         records_out=out.records_out,
         bytes=round(records * data.mean_payload),
-        seconds=clock.wall_s,
-        cpu_s=clock.cpu_s,
-        peak_rss_mib=clock.peak_rss_mib,
-        rss_before_mib=clock.rss_before_mib,
         note=f"as shipped: 1 GetRecords/s per shard, a 2 s pause of every shard when one is empty{gave_up}",
     )

@@ -49,16 +49,13 @@ def synthetic(data: SyntheticInput) -> Figures:
                 records += len(payloads)
                 out.add(project_payloads(payloads))
         out.flush()
-    return Figures(
+    return Figures.timed(
+        clock,
         name="boto3 loop",
         description=SYNTHETIC_DESCRIPTION,
         records=records,
         records_out=out.records_out,
         bytes=data.payload_bytes,
-        seconds=clock.wall_s,
-        cpu_s=clock.cpu_s,
-        peak_rss_mib=clock.peak_rss_mib,
-        rss_before_mib=clock.rss_before_mib,
     )
 
 
@@ -100,16 +97,13 @@ def _local(data: LocalInput, *, work: bool) -> Figures:
                 # An empty answer at the tip: this shard is read (the stream was loaded before reading).
                 iterators[shard] = response.get("NextShardIterator") if rows else None
         out.flush()
-    return Figures(
+    return Figures.timed(
+        clock,
         name="boto3 loop" if work else "raw GetRecords loop",
         description=LOCAL_DESCRIPTION if work else RAW_DESCRIPTION,
         records=records,
         records_out=out.records_out if work else 0,
         bytes=round(records * data.mean_payload),
-        seconds=clock.wall_s,
-        cpu_s=clock.cpu_s,
-        peak_rss_mib=clock.peak_rss_mib,
-        rss_before_mib=clock.rss_before_mib,
     )
 
 

@@ -98,15 +98,12 @@ def synthetic(data: SyntheticInput) -> Figures:
                     out.add(lines)
                     lines.clear()
         out.flush()
-    return Figures(
+    return Figures.timed(
+        clock,
         name="Powertools BatchProcessor",
         description=DESCRIPTION,
         records=records,
         records_out=out.records_out,
         bytes=data.payload_bytes,
-        seconds=clock.wall_s,
-        cpu_s=clock.cpu_s,
-        peak_rss_mib=clock.peak_rss_mib,
-        rss_before_mib=clock.rss_before_mib,
         note=f"{invocations} invocations of ~{records // max(invocations, 1):,} records",
     )

@@ -147,6 +147,17 @@ class Figures:
     shards: list[ShardFigures] = field(default_factory=list)
     note: str = ""
 
+    @classmethod
+    def timed(cls, clock: Clock, **fields: Any) -> Figures:
+        """Figures of a side measured with ``clock`` (its time and memory), plus the other fields."""
+        return cls(
+            seconds=clock.wall_s,
+            cpu_s=clock.cpu_s,
+            peak_rss_mib=clock.peak_rss_mib,
+            rss_before_mib=clock.rss_before_mib,
+            **fields,
+        )
+
     @property
     def records_per_s(self) -> float:
         return self.records / self.seconds if self.seconds > 0 else 0.0
