@@ -115,11 +115,6 @@ class PartitionTracker:
         self._tickets.append(ticket)
         return ticket
 
-    @property
-    def in_flight(self) -> int:
-        """Tickets not yet fully finished."""
-        return sum(1 for t in self._tickets if not t.done)
-
     def idle(self) -> bool:
         """True when every record handed to the runtime is finished."""
         return all(t.done for t in self._tickets)

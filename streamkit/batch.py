@@ -9,7 +9,7 @@ routing bytes never builds Python objects.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 Int64Array = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
 Header = tuple[str, bytes | None]
-
-_EMPTY_I64: Int64Array = np.zeros(0, dtype=np.int64)
 
 
 class Partition(NamedTuple):
@@ -373,9 +371,3 @@ def concat_payloads(batches: Sequence[RecordBatch]) -> list[bytes]:
     for batch in batches:
         out.extend(batch.payloads)
     return out
-
-
-Predicate = Callable[[RecordBatch], BoolArray]
-"""A vectorized predicate: one boolean per record of the batch."""
-
-EMPTY_INT64 = _EMPTY_I64

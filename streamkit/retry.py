@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import msgspec
@@ -27,17 +26,6 @@ class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
     def exhausted(self, attempt: int) -> bool:
         return self.max_attempts > 0 and attempt >= self.max_attempts
-
-
-@dataclass
-class Attempts:
-    """Counts attempts of one operation and sleeps between them."""
-
-    policy: RetryPolicy
-    count: int = 0
-
-    async def backoff(self) -> None:
-        await asyncio.sleep(self.policy.delay(self.count))
 
 
 async def retry(

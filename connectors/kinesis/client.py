@@ -10,8 +10,7 @@ Error responses are left untouched, so botocore still raises its modelled except
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack
 from typing import Any
 
 from botocore.config import Config
@@ -90,9 +89,3 @@ class KinesisClient:
             if not token:
                 return shards
             kwargs = {"NextToken": token}
-
-
-@asynccontextmanager
-async def kinesis_client(aws: AwsSettings) -> AsyncIterator[KinesisClient]:
-    async with KinesisClient(aws) as client:
-        yield client
