@@ -31,6 +31,7 @@ from streamkit.connectors.dynamodb import (
 )
 from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import ChildShard
+from streamkit.connectors.kinesis.efo import FanOut, FanOutOptions, validate_fan_out
 from streamkit.connectors.kinesis.positions import KinesisPosition, checkpoint_for, parse_checkpoint
 from streamkit.connectors.kinesis.reader import ReadSettings, ShardReader, StartAt
 
@@ -71,6 +72,9 @@ class KinesisSourceOptions(msgspec.Struct, forbid_unknown_fields=True):
     """How often new shards (after resharding) are discovered."""
     deaggregate: bool = True
     retry: RetryPolicy = RetryPolicy(max_attempts=0, base_delay_s=0.2, max_delay_s=10.0)
+    consumer: Literal["polling", "efo"] = "polling"
+    """polling: GetRecords, shared read limits. efo: enhanced fan-out (SubscribeToShard), see ``efo``."""
+    efo: FanOutOptions = msgspec.field(default_factory=FanOutOptions)
 
 
 def _validate(options: KinesisSourceOptions, where: str) -> None:
@@ -89,6 +93,7 @@ def _validate(options: KinesisSourceOptions, where: str) -> None:
         raise ConfigError(f"{where}.max_records_per_call", "must be 1 to 10000 (the GetRecords limit)")
     if options.failover_time_s <= 0:
         raise ConfigError(f"{where}.failover_time_s", "must be positive")
+    validate_fan_out(options.efo, f"{where}.efo")
 
 
 class LeaseCheckpointStore(CheckpointStore):
@@ -142,6 +147,8 @@ class KinesisSource(Source):
         )
         self.coordinator: LeaseCoordinator | None = None
         self.kinesis: KinesisClient | None = None
+        self.fan_out: FanOut | None = None
+        """The enhanced fan-out consumer and its subscription client (``consumer: efo``), once started."""
         self.dynamodb: Any = None
         """The lease table's aiobotocore DynamoDB client, once started."""
         self._store = LeaseCheckpointStore(self)
@@ -171,6 +178,14 @@ class KinesisSource(Source):
         except Exception as exc:
             await self._stack.aclose()
             raise ConfigError("source.stream", f"cannot read stream {self.options.stream!r}: {exc}") from None
+        if self.options.consumer == "efo":
+            try:
+                self.fan_out = await FanOut.start(
+                    self._stack, self.aws, self.kinesis, self.options.stream, self.options.efo, self.table_name
+                )
+            except BaseException:
+                await self._stack.aclose()
+                raise
         dynamodb = await self._stack.enter_async_context(
             get_session().create_client("dynamodb", **self.aws.client_kwargs("dynamodb"))
         )
@@ -290,6 +305,17 @@ class KinesisSource(Source):
         if lease.starting_hash_key is not None and lease.ending_hash_key is not None:
             hash_range = (int(lease.starting_hash_key), int(lease.ending_hash_key))
         partition = Partition(self.name, lease.lease_key)
+        if self.fan_out is not None:
+            return self.fan_out.reader(
+                partition,
+                self.options.stream,
+                start,
+                self.settings,
+                hash_range=hash_range,
+                on_end=lambda children: self._shard_ended(lease.lease_key, children),
+                on_lag=lambda ms: self._lag(partition, ms),
+                totals=self.read_counts,
+            )
         return ShardReader(
             partition,
             self.kinesis,
