@@ -211,10 +211,15 @@ class FanOutShardReader(ShardReader):
         self.calls += 1
         self.subscriptions += 1
         self._count("subscriptions")
-        async with asyncio.timeout(self.stall_timeout_s):
-            response = await self.client.client.subscribe_to_shard(
-                ConsumerARN=self.consumer_arn, ShardId=self.shard_id, StartingPosition=self._starting_position()
-            )
+        try:
+            async with asyncio.timeout(self.stall_timeout_s):
+                response = await self.client.client.subscribe_to_shard(
+                    ConsumerARN=self.consumer_arn, ShardId=self.shard_id, StartingPosition=self._starting_position()
+                )
+        finally:
+            # The next call waits a second from this one's answer (or failure), not from its start: the
+            # service counts calls as it receives them, and a slow answer must not bring two closer.
+            self.pacer.record(0)
         return response["EventStream"]
 
     async def _responses(self) -> AsyncIterator[DecodedRecords]:
@@ -223,7 +228,6 @@ class FanOutShardReader(ShardReader):
             await self._sleep(self.pacer.delay())
             if self.stopping.is_set():
                 return
-            self.pacer.record(0)
             stream = None
             try:
                 stream = await self._subscribe()
