@@ -263,8 +263,8 @@ class EventStreamProxy:
             return None
         shards = await self._list_shards(sub)
         mine = next((s for s in shards if s["ShardId"] == sub.shard_id), None)
-        if mine is None or "EndingSequenceNumber" not in mine.get("SequenceNumberRange", {}):
-            return None
+        if mine is None or not mine.get("SequenceNumberRange", {}).get("EndingSequenceNumber"):
+            return None  # open (kinesis-local lists an open shard's EndingSequenceNumber as null)
         if not sub.closed_seen:
             sub.closed_seen = True  # the next empty event comes from after the close
             return None
