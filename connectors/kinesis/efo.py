@@ -272,12 +272,11 @@ class FanOutShardReader(ShardReader):
         messages: AsyncIterator[Any] = stream._event_generator
         while True:
             try:
-                async with asyncio.timeout(self.stall_timeout_s):
-                    message = await anext(messages)
+                message = await self._next_message(messages)
             except StopAsyncIteration:
                 return
-            except TimeoutError:
-                raise SubscriptionStalled(f"{self.partition}: no event for {self.stall_timeout_s:g} s") from None
+            if message is None:
+                return  # asked to stop
             headers = message.headers
             if headers.get(":message-type") != "event":
                 await stream._parse_event(message)  # botocore raises the modelled EventStreamError
@@ -290,3 +289,22 @@ class FanOutShardReader(ShardReader):
             if self._totals is not None:
                 self._totals["bytes"] += len(payload)
             yield decode_subscribe_event(payload)
+
+    async def _next_message(self, messages: AsyncIterator[Any]) -> Any:
+        """The next message; None when asked to stop first (the service may be up to 5 s from its next event,
+        and a drain or a hand-off should not wait for it). Raises SubscriptionStalled after stall_timeout_s."""
+        getter = asyncio.ensure_future(anext(messages))
+        stopper = asyncio.ensure_future(self.stopping.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {getter, stopper}, timeout=self.stall_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopper.cancel()
+            if not getter.done():
+                getter.cancel()  # ends the message iterator; the subscription is closed by the caller
+        if getter in done:
+            return getter.result()
+        if stopper in done:
+            return None
+        raise SubscriptionStalled(f"{self.partition}: no event for {self.stall_timeout_s:g} s")
