@@ -77,6 +77,18 @@ def _auto_scale(timestamp: int) -> int:
     return 1
 
 
+def _decode(raw: bytes, encoding: str | None) -> tuple[bytes | None, str | None]:
+    """The request body after its Content-Encoding, or a problem to answer with 400."""
+    if encoding in (None, "identity"):
+        return raw, None
+    if encoding != "gzip":
+        return None, f"unsupported Content-Encoding {encoding!r}"
+    try:
+        return gzip.decompress(raw), None  # several concatenated members too
+    except (OSError, EOFError) as exc:
+        return None, f"bad gzip body: {exc}"
+
+
 class InfluxStandIn:
     """The stand-in server. ``InfluxStandIn.start(token=...)``; ``stop()`` (or a ``with`` block)."""
 
@@ -119,7 +131,8 @@ class InfluxStandIn:
         from aiohttp import web
 
         async def main() -> None:
-            app = web.Application(client_max_size=self.max_body_bytes * 4)
+            # auto_decompress off: the stand-in sees the body as sent, so a test can tell it was gzipped.
+            app = web.Application(client_max_size=self.max_body_bytes * 4, handler_args={"auto_decompress": False})
             app.router.add_post("/api/v3/write_lp", self._v3)
             app.router.add_post("/api/v2/write", self._v2)
             runner = web.AppRunner(app, access_log=None)
@@ -191,37 +204,34 @@ class InfluxStandIn:
         """The recorded request, and a response to send instead of processing it (or None)."""
         from aiohttp import web
 
-        body = await request.read()
+        raw = await request.read()
         encoding = request.headers.get("Content-Encoding")
         auth = request.headers.get("Authorization", "")
         authorized = any(auth == f"{scheme} {self._token}" for scheme in schemes)
         record = WriteRequest(request.path, dict(request.query), encoding, [], authorized=authorized)
+        body, problem = _decode(raw, encoding)
+        if body is not None:
+            record.lines = body.decode("utf-8").split("\n")
+            if record.lines and record.lines[-1] == "":
+                record.lines.pop()  # a trailing newline ends the last line
         with self._lock:
             self.requests.append(record)
             injected = self._injected.popleft() if self._injected else None
+        answer: Any = None
         if injected is not None:
             record.status = injected.status
-            return record, web.Response(status=injected.status, body=injected.body, headers=injected.headers)
-        if not authorized:
+            answer = web.Response(status=injected.status, body=injected.body, headers=injected.headers)
+        elif not authorized:
             record.status = 401
-            return record, web.json_response({"code": "unauthorized", "message": "unauthorized access"}, status=401)
-        if len(body) > self.max_body_bytes:
+            answer = web.json_response({"code": "unauthorized", "message": "unauthorized access"}, status=401)
+        elif len(raw) > self.max_body_bytes:
             record.status = 413
-            message = f"request body of {len(body)} bytes exceeds the limit of {self.max_body_bytes}"
-            return record, web.json_response({"code": "request too large", "message": message}, status=413)
-        if encoding == "gzip":
-            try:
-                body = gzip.decompress(body)  # handles several concatenated members
-            except (OSError, EOFError) as exc:
-                record.status = 400
-                return record, web.json_response({"code": "invalid", "message": f"bad gzip body: {exc}"}, status=400)
-        elif encoding not in (None, "identity"):
-            record.status = 415
-            return record, web.json_response({"code": "invalid", "message": f"encoding {encoding}"}, status=415)
-        record.lines = body.decode("utf-8").split("\n")
-        if record.lines and record.lines[-1] == "":
-            record.lines.pop()  # a trailing newline ends the last line
-        return record, None
+            message = f"request body of {len(raw)} bytes exceeds the limit of {self.max_body_bytes}"
+            answer = web.json_response({"code": "request too large", "message": message}, status=413)
+        elif problem is not None:
+            record.status = 400
+            answer = web.json_response({"code": "invalid", "message": problem}, status=400)
+        return record, answer
 
     def _parse(self, lines: list[str], scale: int | None) -> list[tuple[int, str, Point | str]]:
         """(line_number, line, Point or error message) for every line that is not a comment or blank."""
