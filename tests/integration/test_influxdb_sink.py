@@ -9,23 +9,31 @@ responses with :meth:`InfluxStandIn.inject`.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
+import msgspec
 import orjson
 import pytest
 import structlog
 from streamkit.connectors.influxdb import InfluxDBOptions, InfluxDBSink
+from streamkit.connectors.local.generator import GeneratorOptions, make_payload
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter
 
-from streamkit.build import BuildEnv
-from streamkit.config import AwsSettings, convert
+from streamkit.build import BuildEnv, build_pipeline
+from streamkit.config import AwsSettings, convert, load_config
 from streamkit.errors import ConfigError, SinkError
 from streamkit.localstack import InfluxStandIn, MotoServer
-from tests.helpers import started, ticketed
+from streamkit.runtime import Runtime
+from tests.helpers import started, ticketed, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -374,3 +382,72 @@ def test_configuration_mistakes_fail_with_the_key_path(
     with pytest.raises(ConfigError, match=message) as caught:
         make_sink(influx, **overrides)
     assert caught.value.path == key
+
+
+# -- in a pipeline ------------------------------------------------------------------------------------------
+EXAMPLE = Path(__file__).parents[2] / "examples" / "pipelines" / "generator-to-influxdb.yaml"
+
+
+def test_the_example_pipeline_validates() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFLUXDB_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "streamkit", "validate", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "valid pipeline 'clicks-to-influxdb'" in result.stdout
+
+
+async def test_the_example_pipeline_runs_against_the_stand_in_and_checkpoints_what_was_written(
+    influx: InfluxStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INFLUXDB_URL", influx.url)
+    monkeypatch.setenv("INFLUXDB_TOKEN", TOKEN)
+    monkeypatch.setenv("RECORDS", "300")
+    example = load_config(EXAMPLE)
+    config = dataclasses.replace(
+        example,
+        dead_letter={"type": "memory"},
+        checkpoint={"type": "memory", "interval_s": 0.05},
+        runtime=msgspec.structs.replace(example.runtime, gc_tuning=False),
+    )
+    pipeline = build_pipeline(config)
+    summary = await Runtime(pipeline).run(asyncio.Event())
+    # Regenerate what the source produced: every valid record whose status is not "err" is a point.
+    source = {k: v for k, v in example.source.items() if k != "type"}
+    options = convert(source, GeneratorOptions, "source")
+    expected, poison = set(), 0
+    for partition in range(4):
+        for index in range(300):
+            try:
+                record = orjson.loads(make_payload(options, partition, index))
+            except orjson.JSONDecodeError:
+                poison += 1
+                continue
+            if record["status"] != "err":
+                expected.add(record["ts"] * 1_000_000)
+    points = influx.points("clicks")
+    assert sorted(p.time_ns for p in points) == sorted(expected)
+    assert all(
+        p.tags.keys() == {"event", "country"} and p.fields.keys() == {"amount", "seq", "user_id", "status"}
+        for p in points
+    )
+    assert len(MemoryDeadLetter.instances[-1].entries) == poison > 0
+    assert summary.checkpoints and set(summary.checkpoints.values()) == {"299"}
+    assert all(r.content_encoding == "gzip" and r.query["precision"] == "millisecond" for r in influx.requests)
+
+
+async def test_a_quiet_sink_writes_on_age_without_a_flush(influx: InfluxStandIn) -> None:
+    sink, _ = make_sink(influx, max_age_s=0.1, max_records=1000)
+    batch, tracker = ticketed(clicks(3))
+    stop = asyncio.Event()
+    async with started(sink):
+        timer = asyncio.create_task(sink.run(stop))
+        await sink.submit(batch)
+        await wait_for(lambda: tracker.checkpoint_position() == 102, timeout=5)
+        stop.set()
+        await timer
+    assert len(influx.points("sensors")) == 3 and len(influx.requests) == 1
