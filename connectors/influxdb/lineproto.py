@@ -18,6 +18,8 @@ carry a newline in any element, and a line starting with ``#`` is a comment: tho
 
 from __future__ import annotations
 
+import re
+
 from streamkit.connectors.timestream.mapping import InvalidRecord
 
 __all__ = [
@@ -30,6 +32,8 @@ __all__ = [
 _MEASUREMENT = str.maketrans({"\\": "\\\\", ",": "\\,", " ": "\\ "})
 _KEY = str.maketrans({"\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ "})
 _STRING = str.maketrans({"\\": "\\\\", '"': '\\"'})
+_PLAIN_KEY = re.compile(r"[^\\,= \n]+")
+_PLAIN_STRING = re.compile(r'[^\\"\n]*')
 
 MAX_NAME_BYTES = 64 * 1024
 """Measurement, tag key, tag value and field key: 64 KB each (the reference's string limits)."""
@@ -56,12 +60,16 @@ def escape_measurement(name: str) -> str:
 
 def escape_key(text: str, what: str = "tag key") -> str:
     """A tag key, tag value or field key."""
+    if text and len(text) < 4096 and _PLAIN_KEY.fullmatch(text):
+        return text  # the common case, on the per-record path: nothing to escape or refuse
     _check(text, what, MAX_NAME_BYTES)
     return text.translate(_KEY)
 
 
 def quote_string(text: str, what: str = "string field") -> str:
     """A string field value in double quotes."""
+    if len(text) < 4096 and _PLAIN_STRING.fullmatch(text):
+        return '"' + text + '"'
     if "\n" in text:
         raise InvalidRecord(f"{what} contains a newline, which line protocol cannot carry")
     size = len(text) if text.isascii() else len(text.encode("utf-8"))

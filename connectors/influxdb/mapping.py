@@ -9,7 +9,9 @@ its type, a newline in a tag) gets a reason and goes to the dead-letter queue in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -64,34 +66,45 @@ def _uinteger(value: Any) -> str:
     return text + "u"
 
 
-def _auto(value: Any, name: str) -> str:
-    if isinstance(value, bool):
+def _auto(value: Any, what: str) -> str:
+    kind = type(value)
+    if kind is float and math.isfinite(value):  # type(), not isinstance: a bool is an int
+        return repr(value)
+    if kind is float or kind is int:
+        return double_text(value)  # NaN and infinity are refused there
+    if kind is bool:
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return double_text(value)
-    if isinstance(value, str):
-        return quote_string(value, f"field {name!r}")
+    if kind is str:
+        return quote_string(value, what)
     if isinstance(value, (dict, list)):
-        return quote_string(orjson.dumps(value).decode(), f"field {name!r}")
+        return quote_string(orjson.dumps(value).decode(), what)
     raise InvalidRecord(f"{value!r} has no line-protocol type")
 
 
-def field_text(spec: FieldOptions, value: Any) -> str:
-    """The line-protocol text of one field value; raises InvalidRecord (or ValueError) when it does not fit."""
+def _string(value: Any, what: str) -> str:
+    return quote_string(value if isinstance(value, str) else orjson.dumps(value).decode(), what)
+
+
+def _integer(value: Any) -> str:
+    return bigint_text(value) + "i"
+
+
+def field_converter(spec: FieldOptions) -> Callable[[Any], str]:
+    """The function giving a field value's line-protocol text; it raises InvalidRecord (or ValueError)."""
+    what = f"field {spec.name!r}"
     match spec.type:
         case "auto":
-            return _auto(value, spec.name)
+            return functools.partial(_auto, what=what)
         case "float":
-            return double_text(value)
+            return double_text
         case "integer":
-            return bigint_text(value) + "i"
+            return _integer
         case "uinteger":
-            return _uinteger(value)
+            return _uinteger
         case "boolean":
-            return boolean_text(value)
+            return boolean_text
         case _:
-            text = value if isinstance(value, str) else orjson.dumps(value).decode()
-            return quote_string(text, f"field {spec.name!r}")
+            return functools.partial(_string, what=what)
 
 
 def _check_name(name: str, where: str) -> None:
@@ -124,9 +137,16 @@ class LineMapping:
         self._measurement_get = field_getter(measurement_field) if measurement_field else None
         self._fixed_measurement = escape_measurement(measurement)
         # Sorted by key: the reference recommends tags in key order (the server's own sort is then a no-op).
-        self._tags = [(escape_key(t.name), field_getter(t.field or t.name), t.name) for t in tag_specs]
+        # (",key=", getter, name, what) per tag and ("key=", getter, converter, spec) per field, built once.
+        self._tags = [
+            ("," + escape_key(t.name) + "=", field_getter(t.field or t.name), t.name, f"tag {t.name!r} value")
+            for t in tag_specs
+        ]
         self._tags.sort(key=lambda t: t[0])
-        self._fields = [(escape_key(f.name, "field key"), field_getter(f.field or f.name), f) for f in field_specs]
+        self._fields = [
+            (escape_key(f.name, "field key") + "=", field_getter(f.field or f.name), field_converter(f), f)
+            for f in field_specs
+        ]
         self.time = time
         self._time_get = field_getter(time.field) if time.field else None
         self.precision = precision
@@ -178,29 +198,37 @@ class LineMapping:
         """The line of one decoded record; raises InvalidRecord with the reason."""
         if not isinstance(value, dict):
             raise InvalidRecord(f"expected a JSON object, got {type(value).__name__}")
-        head = self._measurement(value)
-        for key, get, name in self._tags:
+        parts = [self._measurement(value)]
+        for prefix, get, name, what in self._tags:
             raw = get(value)
             if raw is MISSING or raw is None or raw == "":
                 continue  # line protocol has no empty tag value: the point simply lacks the tag
-            if isinstance(raw, (dict, list)):
-                raise InvalidRecord(f"tag {name!r} is a {type(raw).__name__}, expected a scalar")
-            text = ("true" if raw else "false") if isinstance(raw, bool) else str(raw)
-            head += "," + key + "=" + escape_key(text, f"tag {name!r} value")
-        fields = []
-        for key, get, spec in self._fields:
+            if type(raw) is not str:
+                if isinstance(raw, (dict, list)):
+                    raise InvalidRecord(f"tag {name!r} is a {type(raw).__name__}, expected a scalar")
+                raw = ("true" if raw else "false") if isinstance(raw, bool) else str(raw)
+            parts.append(prefix)
+            parts.append(escape_key(raw, what))
+        separator = " "
+        for prefix, get, convert, spec in self._fields:
             raw = get(value)
             if raw is MISSING or raw is None:
                 if spec.optional:
                     continue
                 raise InvalidRecord(f"field {spec.name!r}: {spec.field or spec.name!r} is missing")
             try:
-                fields.append(key + "=" + field_text(spec, raw))
+                text = convert(raw)
             except (InvalidRecord, ValueError, OverflowError) as exc:
                 raise InvalidRecord(f"field {spec.name!r} ({spec.type}): {exc}") from None
-        if not fields:
+            parts.append(separator)
+            parts.append(prefix)
+            parts.append(text)
+            separator = ","
+        if separator == " ":
             raise InvalidRecord("no field value present (a line needs at least one field)")
-        return f"{head} {','.join(fields)} {self._timestamp(value, time_ms)}"
+        parts.append(" ")
+        parts.append(str(self._timestamp(value, time_ms)))
+        return "".join(parts)
 
     def _measurement(self, value: dict[str, Any]) -> str:
         if self._measurement_get is None:

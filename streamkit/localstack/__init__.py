@@ -16,7 +16,7 @@ Which server stands in for what, and their quirks: docs/local-stack.md.
 """
 
 from ._process import LocalServer, LocalStackError, ServerStartError, free_port
-from .influxdb import InfluxStandIn
+from .influxdb import InfluxStandIn, InfluxStandInProcess
 from .kinesis import Kinesalite, KinesisLocal
 from .moto_server import InProcessMotoServer, MotoServer
 from .stack import LocalStack
@@ -25,6 +25,7 @@ from .tansu import TansuBroker, kafka_api_versions_ok
 __all__ = [
     "InProcessMotoServer",
     "InfluxStandIn",
+    "InfluxStandInProcess",
     "Kinesalite",
     "KinesisLocal",
     "LocalServer",

@@ -25,8 +25,12 @@ The server runs aiohttp on its own thread and event loop, on 127.0.0.1 and a fre
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gzip
+import http.client
+import os
+import sys
 import threading
 import time
 from collections import deque
@@ -36,7 +40,7 @@ from typing import Any, Self
 
 import orjson
 
-from ._process import LOOPBACK, LocalStackError, free_port
+from ._process import LOOPBACK, Launch, LocalServer, LocalStackError, free_port, http_status, spawn_on_ports
 from .influx_lp import LineError, Point, parse_line, type_name
 
 V3_PRECISION = {"auto": None, "nanosecond": 1, "microsecond": 1_000, "millisecond": 1_000_000, "second": 10**9}
@@ -94,8 +98,18 @@ class InfluxStandIn:
 
     name = "influxdb stand-in"
 
-    def __init__(self, token: str, *, org: str = "streamkit", buckets: tuple[str, ...] = ("metrics",)) -> None:
+    def __init__(
+        self,
+        token: str,
+        *,
+        org: str = "streamkit",
+        buckets: tuple[str, ...] = ("metrics",),
+        keep_points: bool = True,
+    ) -> None:
         self._token = token
+        self.keep_points = keep_points
+        """False: count lines only (the benchmark), keeping no points or request records."""
+        self.lines_written = 0
         self.org = org
         self.buckets = set(buckets)
         self.max_body_bytes = DEFAULT_MAX_BODY
@@ -135,6 +149,7 @@ class InfluxStandIn:
             app = web.Application(client_max_size=self.max_body_bytes * 4, handler_args={"auto_decompress": False})
             app.router.add_post("/api/v3/write_lp", self._v3)
             app.router.add_post("/api/v2/write", self._v2)
+            app.router.add_get("/health", self._health)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             try:
@@ -215,7 +230,8 @@ class InfluxStandIn:
             if record.lines and record.lines[-1] == "":
                 record.lines.pop()  # a trailing newline ends the last line
         with self._lock:
-            self.requests.append(record)
+            if self.keep_points:
+                self.requests.append(record)
             injected = self._injected.popleft() if self._injected else None
         answer: Any = None
         if injected is not None:
@@ -265,6 +281,9 @@ class InfluxStandIn:
         """Duplicate points (same table, tag set and timestamp) merge their fields, the newer winning."""
         with self._lock:
             self._schema.update(pending)
+            self.lines_written += len(points)
+            if not self.keep_points:
+                return
             stored = self._points.setdefault(database, {})
             for point in points:
                 key = (point.table, tuple(sorted(point.tags.items())), point.time_ns)
@@ -272,6 +291,12 @@ class InfluxStandIn:
                     stored[key].fields.update(point.fields)
                 else:
                     stored[key] = point
+
+    async def _health(self, request: Any) -> Any:
+        """InfluxDB's unauthenticated health check, plus what the stand-in wrote (for the benchmark)."""
+        from aiohttp import web
+
+        return web.json_response({"status": "pass", "lines_written": self.lines_written})
 
     async def _v3(self, request: Any) -> Any:
         from aiohttp import web
@@ -354,4 +379,58 @@ class InfluxStandIn:
         return web.Response(status=204)
 
 
-__all__ = ["InfluxStandIn", "Point", "WriteRequest", "type_name"]
+TOKEN_ENV = "STREAMKIT_INFLUX_STAND_IN_TOKEN"
+"""How the child process gets its token: the environment, never the command line (``ps`` shows that)."""
+
+
+class InfluxStandInProcess(LocalServer):
+    """The stand-in as a child process (its own interpreter, so it does not share a GIL with what it
+    measures), keeping no points; stopped by PID. ``lines_written()`` asks it how many lines it took."""
+
+    name = "influxdb-stand-in"
+
+    @classmethod
+    def start(cls, token: str, *, port: int | None = None, timeout: float = 30.0) -> Self:
+        def build(ports: tuple[int, ...]) -> Launch:
+            argv = [sys.executable, "-m", "streamkit.localstack.influxdb", "--port", str(ports[0])]
+            env = {**os.environ, TOKEN_ENV: token}
+            return Launch(cls.name, argv, ports, lambda: http_status(ports[0], "/health") == 200, env=env)
+
+        return cls(spawn_on_ports(build, [port], timeout))
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def lines_written(self) -> int:
+        conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=10)
+        try:
+            conn.request("GET", "/health")
+            return int(orjson.loads(conn.getresponse().read())["lines_written"])
+        finally:
+            conn.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="the InfluxDB write-endpoint stand-in, until SIGTERM")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--org", default="streamkit")
+    parser.add_argument("--bucket", action="append", default=None)
+    args = parser.parse_args(argv)
+    token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        raise SystemExit(f"set {TOKEN_ENV}")
+    server = InfluxStandIn(token, org=args.org, buckets=tuple(args.bucket or ["metrics"]), keep_points=False)
+    server.port = args.port
+    ready = threading.Event()
+    failed: list[BaseException] = []
+    server._serve(ready, failed)  # blocks; SIGTERM ends the process
+    if failed:
+        raise SystemExit(f"cannot listen on {LOOPBACK}:{args.port}: {failed[0]}")
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["InfluxStandIn", "InfluxStandInProcess", "Point", "WriteRequest", "type_name"]
