@@ -2,7 +2,7 @@
 
 A request's lines are numbered from 1, as the server numbers them. The answers mapped here:
 
-- 204 (or 200): every line written -> :class:`Written`.
+- 2xx (204 as documented): every line written -> :class:`Written`.
 - v3 400 ``{"error": "partial write of line protocol occurred", "data": [{"line_number", "error_message",
   ...}]}``: the listed lines were refused, the others written -> :class:`Partial`.
 - v3 400 ``{"error": "parsing failed ...", "data": {"line_number", ...}}`` (``accept_partial=false``):
@@ -85,7 +85,7 @@ def _entry(item: Any, lines: int) -> tuple[int, str] | None:
 
 def interpret(status: int, body: bytes, lines: list[bytes]) -> Outcome:
     """The outcome of a write of ``lines`` answered with ``status`` and ``body``."""
-    if status in (200, 204):
+    if 200 <= status < 300:
         return Written()
     document = _json(body)
     what = f"HTTP {status}: {short(body) or 'no body'}"

@@ -11,9 +11,10 @@
 - Refused lines go to the dead-letter queue with the server's reason, mapped line by line
   (:mod:`.responses`); only lines the server confirmed are acknowledged. Answers that do not say which
   line is bad (v2's 422, a 413, a 400 without line numbers) are narrowed down by halving the request.
-- 401 re-reads a token from Secrets Manager once (it may have been rotated); 401, 403, 404 and 405 then
-  stop the pipeline (SinkError): a wrong token, database, bucket or URL is a deployment problem, not bad
-  data, and dead-lettering every record for it would be wrong.
+- 401 re-reads a token from Secrets Manager once (it may have been rotated); 401, 403, 404, 405 and
+  redirects (never followed: they could carry the token elsewhere) then stop the pipeline (SinkError):
+  a wrong token, database, bucket or URL is a deployment problem, not bad data, and dead-lettering
+  every record for it would be wrong.
 """
 
 from __future__ import annotations
@@ -314,7 +315,7 @@ class InfluxDBSink(BufferedSink):
                 refreshed = True
                 await self._refresh_token()
                 continue
-            if status in STOP_STATUSES:
+            if status in STOP_STATUSES or 300 <= status < 400:
                 raise SinkError(f"{self.target}: {self._stop_reason(status, body)}; stopping without acknowledging")
             return status, body, attempts
 
@@ -334,7 +335,10 @@ class InfluxDBSink(BufferedSink):
         if self.options.gzip:
             headers["Content-Encoding"] = "gzip"
         try:
-            async with self._session.post(self.endpoint, params=self.params, data=payload, headers=headers) as answer:
+            # No redirects: a redirect could carry the token to another host; the url should name the endpoint.
+            async with self._session.post(
+                self.endpoint, params=self.params, data=payload, headers=headers, allow_redirects=False
+            ) as answer:
                 return answer.status, await answer.read(), answer.headers
         except (aiohttp.ClientError, TimeoutError) as exc:
             # Only the type and its own text: aiohttp's request_info would carry the headers (the token).
@@ -354,5 +358,9 @@ class InfluxDBSink(BufferedSink):
         if status == 404:
             return (
                 f"HTTP 404 ({text}): check url, api and the {'database' if self.options.api == 'v3' else 'org/bucket'}"
+            )
+        if 300 <= status < 400:
+            return (
+                f"HTTP {status} redirect ({text}): set url to the instance endpoint itself (redirects are not followed)"
             )
         return f"HTTP {status} ({text}): check url and api"

@@ -304,6 +304,34 @@ async def test_a_wrong_token_stops_the_pipeline_and_is_never_shown(influx: Influ
     assert sink.options.token_env == "INFLUX_TOKEN"
 
 
+@pytest.mark.parametrize(
+    ("overrides", "injected", "message"),
+    [
+        (
+            {"api": "v2", "org": "acme", "bucket": "nope", "database": None},
+            None,
+            "HTTP 404 .*nope.* not found",
+        ),
+        ({}, (403, {"error": "forbidden"}), "HTTP 403"),
+        ({}, (307, {}), "redirect"),
+    ],
+)
+async def test_destination_problems_stop_without_dead_lettering(
+    influx: InfluxStandIn, overrides: dict[str, Any], injected: tuple[int, dict[str, Any]] | None, message: str
+) -> None:
+    if injected is not None:
+        influx.inject(injected[0], injected[1], {"Location": "http://elsewhere.example/api/v3/write_lp"})
+    sink, dlq = make_sink(influx, **overrides)
+    batch, tracker = ticketed(clicks(3))
+    with pytest.raises(SinkError, match=message):
+        async with started(sink):
+            await sink.submit(batch)
+            await sink.flush()
+    await dlq.flush()
+    assert dlq.entries == [] and tracker.checkpoint_position() is None
+    assert len(influx.requests) == 1  # not retried, not halved, and the redirect was not followed
+
+
 # -- the token from Secrets Manager (moto) ---------------------------------------------------------------------
 def secrets(moto: MotoServer) -> Any:
     return boto3.client("secretsmanager", endpoint_url=moto.endpoint_url, region_name=REGION)
