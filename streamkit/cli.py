@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +17,7 @@ import structlog
 from streamkit import log as logsetup
 from streamkit.config import env_overrides
 from streamkit.errors import ConfigError, StreamkitError
+from streamkit.lifecycle import install_stop_signals, leaf_errors, report_progress
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -66,9 +65,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             return validate(args.pipeline, [*env_overrides(), *args.set])
         if args.command == "demo":
-            from streamkit.demo import run_demo
+            from streamkit.demo import DemoUnavailable, run_demo
 
-            return asyncio.run(run_demo(args.output, records=args.records, partitions=args.partitions))
+            try:
+                return asyncio.run(run_demo(args.output, records=args.records, partitions=args.partitions))
+            except DemoUnavailable as exc:
+                print(f"demo: {exc}", file=sys.stderr)
+                return EXIT_FAILED
         if args.command == "plugins":
             return list_plugins()
         if args.command == "bench":
@@ -150,32 +153,6 @@ async def run_pipeline(path: Path, *, progress: bool | None = None, overrides: l
         elapsed_s=round(summary.elapsed_s, 2),
     )
     return EXIT_OK
-
-
-def leaf_errors(exc: BaseException) -> list[BaseException]:
-    """The individual errors inside (possibly nested) exception groups from task groups."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in leaf_errors(inner)]
-    return [exc]
-
-
-def install_stop_signals(stop: asyncio.Event, log: structlog.typing.FilteringBoundLogger) -> None:
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signame: str) -> None:
-        log.info("stop requested: draining in-flight records", signal=signame)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, on_signal, sig.name)
-
-
-async def report_progress(runtime: object, interval: float) -> None:
-    metrics = runtime.metrics  # type: ignore[attr-defined]
-    while True:
-        await asyncio.sleep(interval)
-        print(f"progress: {metrics.progress_line()}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
