@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                      help="override a setting (repeatable; also STREAMKIT_SET='a=1;b=2')")  # fmt: skip
     run.add_argument("--health-port", type=int, default=None, help="serve /health/live and /health/ready")
+    run.add_argument("--processes", default=None, metavar="N|auto",
+                     help="worker processes on this host (default: runtime.processes); auto: one per CPU")  # fmt: skip
 
     validate = sub.add_parser("validate", help="check a pipeline file completely without connecting anywhere")
     validate.add_argument("pipeline", type=Path)
@@ -61,7 +63,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides = [*env_overrides(), *args.set]
             if args.health_port is not None:
                 overrides.append(f"runtime.health_port={args.health_port}")
-            return asyncio.run(run_pipeline(args.pipeline, progress=args.progress, overrides=overrides))
+            if args.processes is not None:
+                overrides.append(f"runtime.processes={args.processes}")
+            global_args = ["--log-format", args.log_format, "--log-level", args.log_level]
+            return asyncio.run(
+                run_pipeline(
+                    args.pipeline,
+                    progress=args.progress,
+                    overrides=overrides,
+                    child_args=[arg for value in args.set for arg in ("--set", value)],
+                    global_args=global_args,
+                )
+            )
         if args.command == "validate":
             return validate(args.pipeline, [*env_overrides(), *args.set])
         if args.command == "demo":
@@ -114,18 +127,32 @@ def list_plugins() -> int:
     return EXIT_OK
 
 
-async def run_pipeline(path: Path, *, progress: bool | None = None, overrides: list[str] | None = None) -> int:
+async def run_pipeline(
+    path: Path,
+    *,
+    progress: bool | None = None,
+    overrides: list[str] | None = None,
+    child_args: Sequence[str] = (),
+    global_args: Sequence[str] = (),
+) -> int:
     from streamkit.build import build_pipeline
     from streamkit.config import load_config
     from streamkit.observe import Observability
     from streamkit.runtime import Runtime
+    from streamkit.share import process_share
+    from streamkit.supervisor import Supervisor, resolve_processes, watch_supervisor
 
     config = load_config(path, overrides)
-    pipeline = build_pipeline(config)
-    runtime = Runtime(pipeline)
+    pipeline = build_pipeline(config)  # every configuration mistake is found here, before any process starts
     stop = asyncio.Event()
     log = structlog.get_logger("streamkit")
     install_stop_signals(stop, log)
+    processes = resolve_processes(config.runtime.processes)
+    if processes > 1 and process_share().count == 1:
+        supervisor = Supervisor(path, processes, config.runtime, child_args=child_args, global_args=global_args)
+        return await supervisor.run(stop)
+    runtime = Runtime(pipeline)
+    orphan_watch = asyncio.create_task(watch_supervisor(stop))
     show = sys.stderr.isatty() if progress is None else progress
     reporter = asyncio.create_task(report_progress(runtime, config.runtime.progress_interval_s)) if show else None
     observability = Observability(runtime, config.runtime)
@@ -144,6 +171,7 @@ async def run_pipeline(path: Path, *, progress: bool | None = None, overrides: l
     finally:
         if reporter is not None:
             reporter.cancel()
+        orphan_watch.cancel()
         await observability.stop()
     log.info(
         "pipeline stopped",
