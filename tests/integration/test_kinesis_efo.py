@@ -364,3 +364,36 @@ async def test_consumer_registration_is_shared_backs_off_and_fails_with_the_reas
         kinesis.meta.events.register("before-call.kinesis.RegisterStreamConsumer", denied)
         with pytest.raises(ConsumerRegistrationError, match="AccessDeniedException"):
             await ensure_consumer(kinesis, arn, "third", timeout_s=30)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.usefixtures("aws_env")
+async def test_a_joining_efo_worker_takes_its_share_by_graceful_hand_off_without_replays(
+    efo_proxy: EventStreamProxy, moto_server: Any
+) -> None:
+    client = create_stream(efo_proxy.endpoint_url, "share", shards=4)
+    put_json(client, "share", keyed(0, 400), key="key")
+    OrderLog.log = []
+    first = Running(pipeline(efo_proxy.endpoint_url, moto_server.endpoint_url, "share", worker_id="worker-a"))
+    await first.ready()
+    await first.until(lambda: len(OrderLog.log) >= 400 and first.built.metrics.leases_held == 4)
+    second = Running(pipeline(efo_proxy.endpoint_url, moto_server.endpoint_url, "share", worker_id="worker-b"))
+    await second.ready()
+    await second.until(lambda: second.built.metrics.leases_held == 2 and first.built.metrics.leases_held == 2)
+    put_json(client, "share", keyed(400, 400), key="key")
+    await second.until(lambda: len(OrderLog.log) >= 800)
+    await asyncio.sleep(1.5)  # one more event per shard: nothing else may arrive
+    await second.finish()
+    await first.finish()
+
+    # The owner drained and checkpointed before each lease moved: nothing lost, nothing read twice.
+    seen = Counter(v["id"] for v in values())
+    assert set(seen) == set(range(800)) and max(seen.values()) == 1
+    # The new owner subscribed at the hand-off checkpoint of each shard it took, not from the start.
+    taken: dict[str, dict[str, Any]] = {}
+    for call in efo_proxy.subscriptions[4:]:  # the first four are the first worker's
+        taken.setdefault(call.shard_id, call.starting_position)
+    assert len(taken) == 2
+    for position in taken.values():
+        assert position["Type"] == "AT_SEQUENCE_NUMBER"
+    assert first.built.metrics.leases["lost"] == 2 and second.built.metrics.leases["taken"] == 2
