@@ -2,8 +2,11 @@
 
 The worker reaches each stand-in through its own loopback TCP proxy (tests.tcp_proxy); the stand-ins keep
 their state, only the network path is cut: every open connection is reset and new ones are refused for a
-while. DynamoDB stays cut longer than the failover time, so the worker's leases expire, are revoked in the
-runtime (the sink drops their unwritten records) and taken again.
+while. DynamoDB stays cut for longer than three checkpoint intervals but less than the failover time: the
+worker keeps its leases and its checkpoints wait. (Leases lost to a longer outage are the subject of
+test_lease_stall.py. There the bound is different: every record after the last checkpoint that could be
+written is replayed, and the replay only rebuilds the same objects where they were cut deterministically;
+an object cut by age during the outage comes back under other keys, as duplicates.)
 
 A sampler thread reads, straight from the stand-ins and without proxy, the checkpoints in the lease table
 and then the object keys in the bucket, every few hundred milliseconds. Afterwards every sample is checked:
@@ -42,7 +45,7 @@ STREAM = "faults"
 SHARDS = 2
 TOTAL = 3000
 RATE = 300  # records/s across the shards
-FAILOVER_S = 3.0
+FAILOVER_S = 8.0
 CHECKPOINT_S = 1.0
 
 
@@ -173,7 +176,7 @@ async def test_s3_kinesis_and_dynamodb_cut_in_turn_lose_nothing_and_checkpoint_o
             for name, proxy, seconds in (
                 ("s3", s3_proxy, 2.0),
                 ("kinesis", kinesis_proxy, 2.0),
-                ("dynamodb", dynamodb_proxy, FAILOVER_S + 1.5),  # past the failover time: leases expire
+                ("dynamodb", dynamodb_proxy, 3.0),  # renewals and checkpoints fail; shorter than the failover
             ):
                 await asyncio.sleep(1.0)
                 proxy.cut()
@@ -217,7 +220,7 @@ async def test_s3_kinesis_and_dynamodb_cut_in_turn_lose_nothing_and_checkpoint_o
         f"leases={dict(built.metrics.leases)} s3_retries={built.metrics.sinks['s3-0'].retries}"
     )
     assert summary.drained
-    assert built.metrics.leases["lost"] >= 1, "the DynamoDB cut outlasted the failover time: a lease was lost"
+    assert built.metrics.leases["lost"] == 0, "a DynamoDB cut shorter than the failover time costs no lease"
     assert set(audit.copies) == set(range(TOTAL)), "every record reached S3"
     assert audit.out_of_order == [] and audit.lying_keys == [], (audit.out_of_order[:3], audit.lying_keys[:3])
     assert max(audit.copies.values()) <= 2
