@@ -26,7 +26,7 @@ from streamkit.batch import BoolArray, Partition, RecordBatch
 from streamkit.checkpoint import CheckpointStore
 from streamkit.config import RuntimeSettings
 from streamkit.deadletter import DeadLetterQueue
-from streamkit.errors import CheckpointRejected, ProcessingError
+from streamkit.errors import CheckpointDeferred, CheckpointRejected, ProcessingError
 from streamkit.metrics import Metrics
 from streamkit.processor import Chain, Failure
 from streamkit.sink import Sink
@@ -470,6 +470,11 @@ class Runtime:
             except CheckpointRejected as exc:
                 log.warning("checkpoint rejected; partition lost", partition=str(partition), error=str(exc))
                 await self.revoke(partition, graceful=False)
+                return
+            except CheckpointDeferred as exc:
+                # Not written: not remembered as saved either, so the next interval writes it even if the
+                # position has not moved (the end of a quiet shard would otherwise never be checkpointed).
+                log.warning("checkpoint not written; retried next interval", partition=str(partition), error=str(exc))
                 return
         self._last_saved[partition] = checkpoint
         self.metrics.checkpointed(partition)

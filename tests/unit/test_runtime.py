@@ -15,7 +15,7 @@ from streamkit.batch import Partition, RecordBatch
 from streamkit.build import build_pipeline
 from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.config import parse_config
-from streamkit.errors import SinkError
+from streamkit.errors import CheckpointDeferred, SinkError
 from streamkit.processor import Chain
 from streamkit.runtime import Pipeline, Route, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection, Sink
@@ -308,3 +308,47 @@ async def test_a_lost_partitions_buffered_records_are_dropped_and_the_replay_wri
     assert sorted(ids(sink)) == [i for i in range(10) if i != 4], "each record written once"
     assert [e["position"] for e in dead_letters.entries] == ["4"], "dead-lettered once"
     assert summary.checkpoints == {partition: "9"}
+
+
+class UnavailableOnce(MemoryCheckpointStore):
+    """The store cannot be written the first time (DynamoDB unreachable beyond its retries)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deferred = 0
+
+    async def save(self, partition: Partition, checkpoint: str) -> None:
+        if self.deferred == 0:
+            self.deferred += 1
+            raise CheckpointDeferred("lease table unreachable")
+        await super().save(partition, checkpoint)
+
+
+async def test_a_deferred_checkpoint_is_written_at_the_next_interval_even_if_nothing_moved() -> None:
+    """A checkpoint the store could not write was remembered as written: a quiet partition's last position
+    then never reached the store (its records were read again after a restart)."""
+    partition = Partition("hand", "0")
+    source, store = HandOperatedSource(), UnavailableOnce()
+    sink = MemorySink(MemorySinkOptions(max_age_s=0.01))
+    runtime = Runtime(
+        Pipeline(
+            name="deferred",
+            source=source,
+            chain=Chain([]),
+            routes=[Route("mem", sink)],
+            dead_letters=None,
+            store=store,
+            checkpoint_interval_s=0.05,
+        )
+    )
+    sink.bind("mem", None, runtime.metrics)
+    stop = asyncio.Event()
+    running = asyncio.create_task(runtime.run(stop))
+    await asyncio.wait_for(source.running.wait(), 5)
+    await source.host.assign(ListReader(partition, [orjson.dumps({"id": i}) for i in range(5)]))
+    try:
+        await wait_for(lambda: store.saved == {partition: "4"}, timeout=5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    assert store.deferred == 1
