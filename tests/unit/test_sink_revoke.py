@@ -31,6 +31,16 @@ SINKS: dict[str, dict[str, Any]] = {
     "firehose": {"type": "firehose", "stream": "events", **HOLD},
     "timestream": {"type": "timestream", "database": "db", "table": "t", "measures": ["cpu"], **HOLD},
     "s3": {"type": "s3", "bucket": "lake", "window_s": 0, "partition_template": "", **HOLD},
+    "influxdb": {
+        "type": "influxdb",
+        "url": NOWHERE,
+        "allow_plain_http": True,
+        "database": "db",
+        "measurement": "m",
+        "fields": ["cpu"],
+        "token_env": "INFLUX_TOKEN",  # read at start(), which this test never calls
+        **HOLD,
+    },
 }
 DEAD_LETTERS: dict[str, dict[str, Any]] = {
     "memory": {"type": "memory", **HOLD},
