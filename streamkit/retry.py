@@ -9,15 +9,17 @@ from typing import TypeVar
 
 import msgspec
 
+from streamkit.config import NonNegativeInt, PositiveSeconds
+
 T = TypeVar("T")
 
 
 class RetryPolicy(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """How a connector retries transient errors. ``max_attempts`` 0 means retry until shutdown."""
 
-    max_attempts: int = 10
-    base_delay_s: float = 0.1
-    max_delay_s: float = 20.0
+    max_attempts: NonNegativeInt = 10
+    base_delay_s: PositiveSeconds = 0.1
+    max_delay_s: PositiveSeconds = 20.0
 
     def delay(self, attempt: int) -> float:
         """Full jitter (a random delay up to the exponential cap) spreads retries of many workers apart."""

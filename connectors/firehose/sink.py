@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
 import numpy as np
 import structlog
 from streamkit.connectors.aws_clients import (
@@ -65,7 +66,7 @@ _DIRECT_PUT = "DirectPut"
 class FirehoseOptions(BufferOptions, kw_only=True, forbid_unknown_fields=True):
     stream: str
     """The delivery stream name (a DirectPut stream)."""
-    max_records: int = MAX_REQUEST_RECORDS
+    max_records: Annotated[int, msgspec.Meta(ge=1, le=MAX_REQUEST_RECORDS)] = MAX_REQUEST_RECORDS
     max_bytes: Size = Size(MAX_REQUEST_BYTES)
     newline: bool = True
     """Append ``\\n`` to every record: Firehose concatenates records, so NDJSON needs the delimiter."""

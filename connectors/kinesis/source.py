@@ -15,7 +15,7 @@ import asyncio
 import datetime as dt
 from collections import Counter
 from contextlib import AsyncExitStack
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import structlog
@@ -36,7 +36,7 @@ from streamkit.connectors.kinesis.reader import ReadSettings, ShardReader, Start
 
 from streamkit.batch import Partition
 from streamkit.checkpoint import CheckpointStore
-from streamkit.config import AwsSettings, Size
+from streamkit.config import AwsSettings, PositiveInt, PositiveSeconds, Size
 from streamkit.errors import CheckpointRejected, ConfigError
 from streamkit.retry import RetryPolicy
 from streamkit.source import PartitionHost, Source
@@ -53,21 +53,21 @@ class KinesisSourceOptions(msgspec.Struct, forbid_unknown_fields=True):
     """DynamoDB lease table; default ``<pipeline name>-leases``. Created if missing (on-demand billing)."""
     worker_id: str | None = None
     """Unique per process; default hostname + PID + a random suffix (every container is PID 1)."""
-    failover_time_s: float = 10.0
+    failover_time_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 10.0
     """A lease whose counter has not moved this long is expired (KCL's failoverTimeMillis)."""
-    taker_interval_s: float | None = None
+    taker_interval_s: PositiveSeconds | None = None
     """How often to take and balance leases; default failover_time_s."""
-    max_leases: int | None = None
+    max_leases: PositiveInt | None = None
     graceful_handoff: bool = True
-    max_records_per_call: int = 10_000
-    reads_per_second: float = 5.0
+    max_records_per_call: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10_000
+    reads_per_second: Annotated[float, msgspec.Meta(gt=0, le=5)] = 5.0
     """GetRecords calls per shard per second for this consumer. The service allows 5 per shard for all
     polling consumers together: give each application its share."""
     read_bytes_per_second: Size = Size(2 * 1024**2)
     """Bytes per shard per second for this consumer (the service allows 2 MiB/s for all together)."""
-    idle_poll_s: float = 1.0
+    idle_poll_s: PositiveSeconds = 1.0
     """Poll interval once a shard is at its tip."""
-    shard_sync_interval_s: float = 30.0
+    shard_sync_interval_s: PositiveSeconds = 30.0
     """How often new shards (after resharding) are discovered."""
     deaggregate: bool = True
     retry: RetryPolicy = RetryPolicy(max_attempts=0, base_delay_s=0.2, max_delay_s=10.0)

@@ -28,7 +28,7 @@ from streamkit.connectors.aws_clients import SDK_ERRORS, AwsClient, ClientOption
 from streamkit.connectors.s3.upload import Outcome, S3Requests, SseOptions
 
 from streamkit.build import BuildEnv
-from streamkit.config import Size
+from streamkit.config import PositiveInt, PositiveSeconds, Size
 from streamkit.deadletter import DeadLetterQueue, encode_entries
 from streamkit.errors import ConfigError, SinkError
 from streamkit.processor import Failure
@@ -43,9 +43,9 @@ class S3DeadLetterOptions(BufferOptions, kw_only=True, forbid_unknown_fields=Tru
     bucket: str
     prefix: str = "dead-letter/"
     compression: Literal["gzip", "none"] = "gzip"
-    max_records: int = 10_000
+    max_records: PositiveInt = 10_000
     max_bytes: Size = Size(16 * 1024**2)
-    max_age_s: float = 5.0
+    max_age_s: PositiveSeconds = 5.0
     sse: SseOptions | None = None
     client: ClientOptions = ClientOptions()
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import msgspec
 import structlog
 from streamkit.connectors.aws_clients import (
     SDK_ERRORS,
@@ -60,7 +61,7 @@ class TimestreamOptions(BufferOptions, kw_only=True, forbid_unknown_fields=True)
     measure_name: str | None = None
     """Name of the multi-measure record (MeasureValueType MULTI); optional with a single measure."""
     version: Literal["none", "position"] = "none"
-    max_records: int = MAX_REQUEST_RECORDS
+    max_records: Annotated[int, msgspec.Meta(ge=1, le=MAX_REQUEST_RECORDS)] = MAX_REQUEST_RECORDS
     client: ClientOptions = ClientOptions()
 
 
