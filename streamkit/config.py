@@ -301,6 +301,12 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read pipeline file: {exc.strerror}", source=str(file)) from None
+    except UnicodeDecodeError as exc:
+        raw = file.read_bytes()
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            "", f"not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line}; save the file as UTF-8", source=str(file)
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

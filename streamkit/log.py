@@ -13,6 +13,7 @@ from typing import Literal
 import structlog
 
 Format = Literal["auto", "json", "console"]
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def configure(fmt: Format = "auto", level: str = "INFO") -> None:
