@@ -8,6 +8,7 @@ import time
 
 from streamkit.config import RuntimeSettings
 from streamkit.emf import EmfReporter
+from streamkit.errors import ConfigError
 from streamkit.health import HealthServer
 from streamkit.runtime import Runtime
 
@@ -58,7 +59,12 @@ class Observability:
             self.health = HealthServer(
                 settings.health_host, settings.health_port, live=self.live, ready=self.ready, metrics=metrics
             )
-            await self.health.start()
+            try:
+                await self.health.start()
+            except OSError as exc:  # port taken, address not on this host: a deployment setting to fix
+                self.health = None
+                where = f"{settings.health_host}:{settings.health_port}"
+                raise ConfigError("runtime.health_port", f"cannot listen on {where}: {exc.strerror or exc}") from None
 
     async def stop(self) -> None:
         self._stop.set()
