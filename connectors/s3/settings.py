@@ -10,7 +10,7 @@ from streamkit.connectors.aws_clients import ClientOptions
 from streamkit.connectors.s3.formats import MIN_PART_SIZE, InvalidFormatConfig, ObjectWriter, make_writer
 from streamkit.connectors.s3.keys import DEFAULT_KEY_TEMPLATE, DEFAULT_PARTITION_TEMPLATE
 from streamkit.connectors.s3.segments import SegmentRules
-from streamkit.connectors.s3.upload import MAX_PART_SIZE, SseOptions
+from streamkit.connectors.s3.upload import ACCOUNT_ID, MAX_PART_SIZE, SseOptions
 
 from streamkit.build import BuildEnv
 from streamkit.config import NonNegativeSeconds, PositiveInt, PositiveSeconds, Size
@@ -28,6 +28,8 @@ _OBJECT_OVERHEAD = {"ndjson": 64 * 1024, "avro": 16 * 1024, "parquet": 256 * 102
 
 class S3SinkOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bucket: str
+    expected_bucket_owner: Annotated[str, msgspec.Meta(pattern=ACCOUNT_ID)] | None = None
+    """The bucket owner's 12-digit account id, sent as ExpectedBucketOwner on every S3 call."""
     prefix: str = ""
     """Key prefix: empty, or ending with ``/`` (``raw/events/``)."""
     format: Literal["ndjson", "avro", "parquet"] = "ndjson"
