@@ -70,7 +70,9 @@ class KinesisSourceOptions(msgspec.Struct, forbid_unknown_fields=True):
     shard_sync_interval_s: PositiveSeconds = 30.0
     """How often new shards (after resharding) are discovered."""
     deaggregate: bool = True
-    retry: RetryPolicy = RetryPolicy(max_attempts=0, base_delay_s=0.2, max_delay_s=10.0)
+    retry: RetryPolicy = RetryPolicy(max_elapsed_s=0, base_delay_s=0.2, max_delay_s=10.0)
+    """Kinesis and lease-table calls are retried until shutdown by default (max_elapsed_s 0): a stream
+    outage pauses reading, and nothing is lost by waiting."""
 
 
 def _validate(options: KinesisSourceOptions, where: str) -> None:
@@ -331,6 +333,7 @@ class KinesisSource(Source):
         ]
         self._readers.pop(lease_key, None)
         attempt = 0
+        budget = self.options.retry.budget()
         while True:
             try:
                 await self.coordinator.finish_shard(lease_key, infos)
@@ -344,10 +347,10 @@ class KinesisSource(Source):
             except LeaseTableError as exc:
                 # Until SHARD_END is written the children cannot be read: keep trying (the lease stays renewed).
                 attempt += 1
-                if not exc.retryable or self.options.retry.exhausted(attempt):
+                if not exc.retryable or budget.exhausted(attempt):
                     raise
                 log.warning("could not mark the shard's end yet; retrying", shard=lease_key, error=str(exc))
-                await asyncio.sleep(self.options.retry.delay(attempt))
+                await asyncio.sleep(budget.delay(attempt))
         log.info("shard ended", shard=lease_key, children=[c.shard_id for c in children])
 
     # -- shard discovery -------------------------------------------------------------------------

@@ -232,6 +232,7 @@ class S3Requests:
         404 are answers, raised as the private exceptions above; anything else is a SinkError."""
         attempt = 0
         began = time.perf_counter()  # the write's latency includes its retries
+        budget = self.retry.budget()
         while True:
             attempt += 1
             async with self._slots:
@@ -257,10 +258,10 @@ class S3Requests:
                     f"s3://{self.bucket}: {what} failed: {problem}; stopping without "
                     "acknowledging (check the bucket, its policy and the credentials)"
                 ) from failure
-            if self.retry.exhausted(attempt):
+            if budget.exhausted(attempt):
                 self._observe(began, failed=True)
                 raise SinkError(
-                    f"s3://{self.bucket}: {what} still failing after {attempt} attempts: {describe_error(failure)}",
+                    f"s3://{self.bucket}: {what} still failing {budget.describe(attempt)}: {describe_error(failure)}",
                     retryable=True,
                 ) from failure
             throttled = code in THROTTLING_CODES or (isinstance(failure, ClientError) and _status(failure) == 503)
@@ -269,7 +270,7 @@ class S3Requests:
             if self._on_retry is not None:
                 self._on_retry(throttled)
             log.info("s3 request failed, retrying", what=what, error=describe_error(failure), attempt=attempt)
-            await asyncio.sleep(self.retry.delay(attempt))
+            await asyncio.sleep(budget.delay(attempt))
 
     def _owner_hint(self, failure: BaseException) -> str:
         if self.expected_owner and is_access_error(failure):

@@ -79,10 +79,7 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"source": {"type": "generator", "error_ratio": 1.5}}, "source.error_ratio"),
     ({"sinks": [{"type": "memory", "retry": {"base_delay_s": 0}}]}, "sinks[0].retry.base_delay_s"),
     ({"sinks": [{"type": "memory", "max_age_s": -1}]}, "sinks[0].max_age_s"),
-    (
-        {"sinks": [{"type": "firehose", "stream": "s", "max_records": 501}]},
-        "sinks[0].max_records",
-    ),
+    ({"sinks": [{"type": "firehose", "stream": "s", "max_records": 0}]}, "sinks[0].max_records"),
     (
         {"sinks": [{"type": "s3", "bucket": "b", "client": {"max_pool_connections": 0}}]},
         "sinks[0].client.max_pool_connections",
