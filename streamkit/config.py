@@ -270,7 +270,8 @@ def apply_overrides(data: Any, overrides: list[str], origin: str) -> Any:
     for override in overrides:
         path, sep, raw = override.partition("=")
         if not sep or not path.strip():
-            raise ConfigError("", f"override {override!r} is not KEY.PATH=VALUE", source=origin)
+            shown = MASK if is_secret(override) else repr(override)  # a mistyped --set may hold a password
+            raise ConfigError("", f"override {shown} is not KEY.PATH=VALUE", source=origin)
         tokens = re.findall(r"[^.\[\]]+|\[\d+\]", path.strip())
         node = data
         for i, token in enumerate(tokens):

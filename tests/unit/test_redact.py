@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
 import pytest
 
+from streamkit.config import apply_overrides, convert
+from streamkit.errors import ConfigError
 from streamkit.redact import MASK, is_secret, redacted, scrub
 
 SECRET_KEYS = [
@@ -59,3 +64,22 @@ def test_scrub_removes_secret_values_quoted_in_a_message() -> None:
     settings = {"ssl.key.pem": "-----BEGIN KEY-----abc", "group.id": "orders"}
     message = 'Invalid value "-----BEGIN KEY-----abc" for configuration property "ssl.key.pem" (group orders)'
     assert scrub(message, settings) == f'Invalid value "{MASK}" for configuration property "ssl.key.pem" (group orders)'
+
+
+def test_a_mistyped_override_holding_a_secret_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as error:
+        apply_overrides({}, ["source.auth.password:hunter2"], "p.yaml")
+    assert "hunter2" not in str(error.value) and MASK in str(error.value)
+
+
+def test_an_out_of_bounds_secret_value_is_not_echoed() -> None:
+    class Options(msgspec.Struct):
+        door_secret: Annotated[int, msgspec.Meta(ge=1000)] = 1000
+        retries: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+    with pytest.raises(ConfigError) as error:
+        convert({"door_secret": 12}, Options, "processors[0]")
+    assert str(error.value) == f"processors[0].door_secret: expected an integer >= 1000, got {MASK}"
+    with pytest.raises(ConfigError) as error:
+        convert({"retries": -1}, Options, "processors[0]")
+    assert str(error.value) == "processors[0].retries: expected zero or more, got -1"
