@@ -17,6 +17,8 @@ from collections.abc import Callable
 import orjson
 import structlog
 
+from streamkit.errors import ConfigError
+
 log = structlog.get_logger("streamkit.health")
 
 Probe = Callable[[], tuple[bool, str]]
@@ -48,7 +50,11 @@ class HealthServer:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_LINE_BYTES)
+        try:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=MAX_LINE_BYTES)
+        except OSError as exc:  # port taken, address not on this host: a deployment setting to fix
+            where = f"{self.host}:{self.port}"
+            raise ConfigError("runtime.health_port", f"cannot listen on {where}: {exc.strerror or exc}") from None
         sockets = self._server.sockets or ()
         if sockets:
             self.port = sockets[0].getsockname()[1]

@@ -61,10 +61,9 @@ class Observability:
             )
             try:
                 await self.health.start()
-            except OSError as exc:  # port taken, address not on this host: a deployment setting to fix
+            except ConfigError:
                 self.health = None
-                where = f"{settings.health_host}:{settings.health_port}"
-                raise ConfigError("runtime.health_port", f"cannot listen on {where}: {exc.strerror or exc}") from None
+                raise
 
     async def stop(self) -> None:
         self._stop.set()
