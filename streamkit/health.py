@@ -71,7 +71,7 @@ class HealthServer:
         peer = _peer(writer)
         try:
             try:
-                method, path = await self._read_request(reader)
+                request = await self._read_request(reader)
             except _Rejected as rejected:
                 log.warning(
                     "health request rejected", status=int(rejected.status[:3]), reason=rejected.reason, peer=peer
@@ -81,6 +81,9 @@ class HealthServer:
                     writer.write_eof()  # the client reads the answer to its end and closes: no waiting
                 await _discard(reader)
                 return
+            if request is None:
+                return  # connected and closed: a TCP health check, nothing to answer or log
+            method, path = request
             try:
                 status, body, content_type = self._route(method, path)
             except Exception as exc:  # a probe or the metrics renderer failed: say so, keep serving
@@ -96,18 +99,22 @@ class HealthServer:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str]:
-        """(method, path) of the request; headers are read and ignored. Raises _Rejected."""
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str] | None:
+        """(method, path) of the request, None when the client closed without sending one (a load
+        balancer's TCP check); headers are read and ignored. Raises _Rejected."""
         async with asyncio.timeout(_READ_TIMEOUT_S):
             request = await _read_line(reader)
+            if not request:
+                return None
             for _ in range(MAX_HEADER_LINES + 1):
                 if (await _read_line(reader)) in (b"\r\n", b"\n", b""):
                     break
             else:
                 raise _Rejected("431 Request Header Fields Too Large", f"more than {MAX_HEADER_LINES} header lines")
         parts = request.decode("latin-1").split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/") or not parts[1].startswith("/"):
-            raise _Rejected("400 Bad Request", "not an HTTP/1.x request line")
+        version_ok = len(parts) == 2 or (len(parts) == 3 and parts[2].startswith("HTTP/"))
+        if not version_ok or not parts[1].startswith("/"):
+            raise _Rejected("400 Bad Request", "not an HTTP request line")
         return parts[0], parts[1]
 
     def _route(self, method: str, path: str) -> tuple[str, bytes, str]:

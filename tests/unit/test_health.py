@@ -93,6 +93,17 @@ async def test_a_malformed_request_line_gets_400(server: HealthServer, logs: io.
     json_lines(logs.getvalue())
 
 
+async def test_a_tcp_check_that_sends_nothing_is_not_logged(server: HealthServer, logs: io.StringIO) -> None:
+    logs.seek(0)
+    logs.truncate()
+    for _ in range(3):
+        _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.close()
+        await writer.wait_closed()
+    assert status_of(await exchange(server.port, b"GET /health/live HTTP/1.1\r\n\r\n")) == 200
+    assert json_lines(logs.getvalue()) == []
+
+
 async def test_a_probe_that_raises_gets_500_and_a_structured_line(logs: io.StringIO) -> None:
     def broken() -> tuple[bool, str]:
         raise RuntimeError("probe bug")
