@@ -31,7 +31,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Annotated, Any
 
 import aiohttp
 import msgspec
@@ -43,7 +43,7 @@ from streamkit.connectors.kinesis.efo_consumer import ConsumerRegistrationError,
 from streamkit.connectors.kinesis.reader import THROTTLED, ReadPacer, ReadSettings, ShardReader, StartAt
 
 from streamkit.batch import Partition
-from streamkit.config import AwsSettings
+from streamkit.config import AwsSettings, PositiveSeconds
 from streamkit.errors import ConfigError
 
 log = structlog.get_logger("streamkit.kinesis")
@@ -60,27 +60,21 @@ _LATEST_RENEW_MARGIN_S = 5.0
 _RETRYABLE = THROTTLED | {"ResourceInUseException"}
 
 
+# What RegisterStreamConsumer accepts.
+ConsumerName = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[a-zA-Z0-9_.-]+$")]
+
+
 class FanOutOptions(msgspec.Struct, forbid_unknown_fields=True):
     """``source.efo``: settings of enhanced fan-out (used with ``consumer: efo``)."""
 
-    consumer_name: str | None = None
+    consumer_name: ConsumerName | None = None
     """The registered stream consumer; default the lease table's name (the KCL names both after its
     application, so a KCL application's consumer is reused when taking over its table)."""
-    stall_timeout_s: float = 60.0
-    """Resubscribe when a subscription delivers no event for this long (the service sends one at least
-    every 5 s)."""
-    register_timeout_s: float = 300.0
+    stall_timeout_s: Annotated[float, msgspec.Meta(ge=5)] = 60.0
+    """Resubscribe when a subscription delivers no event for this long (at least 5: the service sends an
+    event at least every 5 s)."""
+    register_timeout_s: PositiveSeconds = 300.0
     """How long start-up waits for the consumer to be registered and ACTIVE."""
-
-
-def validate_fan_out(options: FanOutOptions, where: str) -> None:
-    if options.stall_timeout_s < 5.0:
-        raise ConfigError(f"{where}.stall_timeout_s", "must be at least 5 (the service sends an event every 5 s)")
-    if options.register_timeout_s <= 0:
-        raise ConfigError(f"{where}.register_timeout_s", "must be positive")
-    name = options.consumer_name
-    if name is not None and not (1 <= len(name) <= 128 and all(c.isalnum() or c in "_.-" for c in name)):
-        raise ConfigError(f"{where}.consumer_name", "1 to 128 characters: letters, digits, '_', '.', '-'")
 
 
 class SubscriptionStalled(Exception):

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
+import structlog
+import yaml
 from botocore.eventstream import EventStreamBuffer
 from streamkit.connectors.kinesis.decode import GetRecordsDecodeError, decode_subscribe_event
+from streamkit.connectors.kinesis.efo import FanOutOptions
 from streamkit.connectors.kinesis.source import KinesisSource
 
-from streamkit.errors import ConfigError
+from streamkit import cli
 from streamkit.localstack.efo_proxy import INITIAL_RESPONSE, event_message
 
 
@@ -77,20 +82,25 @@ def test_the_proxy_encodes_messages_botocore_decodes() -> None:
         ({"stall_timeout_s": 1}, "source.efo.stall_timeout_s"),
         ({"register_timeout_s": 0}, "source.efo.register_timeout_s"),
         ({"consumer_name": "has space"}, "source.efo.consumer_name"),
+        ({"consumer_name": ""}, "source.efo.consumer_name"),
+        ({"stall": 60}, "source.efo"),
     ],
 )
-def test_bad_fan_out_settings_name_their_key(efo: dict[str, object], key: str) -> None:
-    import msgspec
+def test_bad_fan_out_settings_fail_validation_naming_their_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], efo: dict[str, Any], key: str
+) -> None:
+    source = {"type": "kinesis", "stream": "s", "consumer": "efo", "efo": efo}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"source": source, "sinks": [{"type": "memory"}]}))
+    try:
+        assert cli.main(["validate", str(path)]) == cli.EXIT_CONFIG
+    finally:
+        structlog.reset_defaults()  # cli.main configured logging onto capsys's stderr
+    err = capsys.readouterr().err
+    assert f"configuration error: {path}: {key}" in err, err
 
-    from streamkit.config import AwsSettings
 
-    options = msgspec.convert({"stream": "s", "consumer": "efo", "efo": efo}, KinesisSource.Options)
-
-    class Env:
-        aws = AwsSettings(region="us-east-1")
-        pipeline = "p"
-        where = "source"
-
-    with pytest.raises(ConfigError) as raised:
-        KinesisSource(options, Env())
-    assert raised.value.path == key
+def test_the_fan_out_defaults() -> None:
+    options = msgspec.convert({"stream": "s", "consumer": "efo"}, KinesisSource.Options)
+    assert options.efo == FanOutOptions(consumer_name=None, stall_timeout_s=60.0, register_timeout_s=300.0)
+    assert msgspec.convert({"stream": "s"}, KinesisSource.Options).consumer == "polling"
