@@ -6,9 +6,10 @@ of dicts and strings. So the budget counts the measured footprint of what a batc
 - payloads exactly: their lengths (one vector sum) plus the bytes-object header and list slot of each;
 - decoded values, keys and headers by sampling: the deep size (``sys.getsizeof`` of every object reached
   from the record: dict, list, tuple, set, struct fields, leaves) of up to ``SAMPLES`` evenly spaced
-  records, averaged and multiplied by the record count. Records of one batch come from one producer and
-  look alike, so a few dozen samples land within a few percent of the total (tests/test_footprint.py
-  checks it against tracemalloc) for ~0.1 ms per batch instead of a walk over every object;
+  records, scaled to the record count; objects several samples share (dict keys the decoder interns,
+  small ints) are counted once. Records of one batch come from one producer and look alike, so a few
+  dozen samples land within ~10% of the total (tests/unit/test_footprint.py checks it against
+  tracemalloc) for ~0.1 ms per batch instead of a walk over every object;
 - metadata arrays by their ``nbytes``.
 
 Columns shared by several batches (a sink's payload-only copy of a batch shares its payload list) are
@@ -34,19 +35,17 @@ BYTES_HEADER = sys.getsizeof(b"")
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 
 
-def deep_size(obj: Any) -> int:
-    """``sys.getsizeof`` of ``obj`` and of everything it references (each object once)."""
-    seen: set[int] = set()
+def _objects(obj: Any) -> dict[int, int]:
+    """Every object reachable from ``obj`` (each once), by id, with its ``sys.getsizeof``."""
+    found: dict[int, int] = {}
     stack = [obj]
-    total = 0
     getsizeof = sys.getsizeof
     while stack:
         item = stack.pop()
         ident = id(item)
-        if ident in seen:
+        if ident in found:
             continue
-        seen.add(ident)
-        total += getsizeof(item)
+        found[ident] = getsizeof(item)
         if isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
@@ -56,19 +55,32 @@ def deep_size(obj: Any) -> int:
             fields = getattr(type(item), "__struct_fields__", None)  # msgspec structs
             if fields is not None:
                 stack.extend(getattr(item, name) for name in fields)
-    return total
+    return found
+
+
+def deep_size(obj: Any) -> int:
+    """``sys.getsizeof`` of ``obj`` and of everything it references (each object once)."""
+    return sum(_objects(obj).values())
 
 
 def sampled_size(items: Sequence[Any], samples: int = SAMPLES) -> int:
-    """Estimated memory of a list of records: the list itself plus the mean deep size of evenly spaced
-    samples times the record count."""
+    """Estimated memory of a list of records: the list itself, plus the deep size of evenly spaced samples
+    scaled to the record count. Objects that several samples share (dict keys a decoder interns, small
+    ints, constants) exist once, not once per record: they are counted once, unscaled."""
     n = len(items)
     if n == 0:
         return sys.getsizeof(items)
     picks = n if n <= samples else samples
     step = n / picks
-    measured = sum(deep_size(items[int(i * step)]) for i in range(picks))
-    return sys.getsizeof(items) + round(measured * n / picks)
+    seen_in: dict[int, int] = {}
+    sizes: dict[int, int] = {}
+    for i in range(picks):
+        for ident, size in _objects(items[int(i * step)]).items():
+            seen_in[ident] = seen_in.get(ident, 0) + 1
+            sizes[ident] = size
+    own = sum(size for ident, size in sizes.items() if seen_in[ident] == 1)
+    shared = sum(size for ident, size in sizes.items() if seen_in[ident] > 1)
+    return sys.getsizeof(items) + round(own * n / picks) + shared
 
 
 def payload_size(payloads: Sequence[bytes], sizes: Any = None) -> int:
