@@ -7,14 +7,17 @@ import gc
 import tracemalloc
 from collections.abc import Sequence
 
+import orjson
 import pybase64
 from streamkit.connectors.kinesis.synthetic import SyntheticKinesisSource
+from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
 
 from streamkit.batch import RecordBatch
 from streamkit.bench.data import build_body, record_payloads
 from streamkit.bench.pipelines import build_with_source
+from streamkit.build import build_pipeline
 from streamkit.config import parse_config
-from streamkit.runtime import Runtime
+from streamkit.runtime import Route, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 
 MIB = 1024 * 1024
@@ -29,7 +32,8 @@ class HoardingSink(BufferedSink):
     """Keeps decoded records until its age timer fires: in-flight memory piles up to the budget."""
 
     def __init__(self) -> None:
-        super().__init__(BufferOptions(max_records=10**9, max_bytes=2**40, max_age_s=0.5))
+        # Long enough that, even on a loaded machine, more arrives meanwhile than the budget admits.
+        super().__init__(BufferOptions(max_records=10**9, max_bytes=2**40, max_age_s=2.0))
         self.written = 0
         self.all_decoded = True
 
@@ -85,3 +89,40 @@ async def test_a_32_mib_budget_bounds_the_memory_of_decoded_records_in_flight() 
     # plus a response being decoded and the allocator's bookkeeping: 25% over the budget. Counting payload
     # bytes instead (the old budget) let decoded values reach ~49 MiB here, measured the same way.
     assert peak < 1.25 * BUDGET, f"traced peak {peak / MIB:.1f} MiB over a {BUDGET / MIB:.0f} MiB budget"
+
+
+class BatchLog(MemorySink):
+    """A memory sink that notes whether the batches it buffered still carried decoded values."""
+
+    def __init__(self) -> None:
+        super().__init__(MemorySinkOptions(max_records=100_000, max_age_s=0.05))
+        self.decoded: list[bool] = []
+
+    async def write(self, batches: Sequence[RecordBatch]) -> list[Rejection]:
+        self.decoded.extend(b.decoded for b in batches)
+        return await super().write(batches)
+
+
+async def test_a_sink_that_writes_bytes_gets_batches_without_decoded_values() -> None:
+    config = parse_config(
+        {
+            "name": "released",
+            "source": {"type": "generator", "count": 300, "partitions": 2, "batch_size": 100, "error_ratio": 0.0},
+            "processors": [{"type": "json.decode"}, {"type": "map", "fields": ["id", "amount"]}],
+            "sinks": [{"type": "memory", "name": "unused"}],
+        }
+    )
+    pipeline = build_with_source(config, build_pipeline(config).source)
+    logged, hoard = BatchLog(), HoardingSink()
+    logged.bind("bytes", None, pipeline.metrics)
+    hoard.bind("values", None, pipeline.metrics)
+    pipeline.routes = [Route("bytes", logged), Route("values", hoard)]
+    await asyncio.wait_for(Runtime(pipeline).run(asyncio.Event()), timeout=30)
+    # The bytes-writing sink buffered payloads only (values released when the runtime encoded them) ...
+    assert logged.decoded and not any(logged.decoded)
+    assert sorted(orjson.loads(p)["id"] for p in logged.payloads()) == sorted(
+        f"{part}-{i}" for part in range(2) for i in range(300)
+    )
+    assert all(set(orjson.loads(p)) == {"id", "amount"} for p in logged.payloads())
+    # ... while a sink that reads values (keeps_values, the default) still gets them.
+    assert hoard.written == 600 and hoard.all_decoded
