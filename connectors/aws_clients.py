@@ -21,10 +21,11 @@ or ``start()`` / ``close()`` from a sink's own ``start`` / ``close``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Annotated, Any
 
+import aiohttp
 import msgspec
 from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
@@ -43,6 +44,8 @@ from streamkit.config import AwsSettings, PositiveInt, PositiveSeconds
 __all__ = [
     "ACCESS_CODES",
     "DEFAULT_CLIENT_OPTIONS",
+    "KINESIS_CLIENT_OPTIONS",
+    "KINESIS_TRANSIENT_CODES",
     "SDK_ERRORS",
     "THROTTLING_CODES",
     "AwsClient",
@@ -53,7 +56,10 @@ __all__ = [
     "error_code",
     "error_message",
     "is_access_error",
+    "is_throttling",
     "is_transient",
+    "lease_table_options",
+    "transient_reason",
 ]
 
 
@@ -70,6 +76,32 @@ class ClientOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
 
 
 DEFAULT_CLIENT_OPTIONS = ClientOptions()
+
+KINESIS_CLIENT_OPTIONS = ClientOptions(max_pool_connections=64)
+"""The Kinesis source's control and GetRecords client: one connection per shard read at once (64 shards per
+worker before calls queue for a connection); a GetRecords answer (10 MB at most) fits in the read timeout."""
+
+LEASE_CONNECT_TIMEOUT_S = 1.0
+LEASE_READ_TIMEOUT_S = 2.0
+
+
+def lease_table_options(failover_time_s: float) -> ClientOptions:
+    """The DynamoDB client of a lease table: every call answers, or fails, well within a renewal interval.
+
+    A lease is renewed every ``failover_time / 3``. botocore's defaults (60 s to read an answer, several
+    attempts) let a renewal wait on a stalled DynamoDB for minutes while peers take the lease. Here one
+    attempt waits at most ``min(1 s, failover/10)`` to connect and ``min(2 s, failover/5)`` for the answer
+    (DynamoDB answers lease writes in milliseconds): 3 s in all for the default 10 s failover, under the
+    3.3 s renewal interval. The SDK makes one attempt per call because
+    :class:`~streamkit.connectors.dynamodb.LeaseTable` retries with :mod:`streamkit.retry` itself.
+    """
+    return ClientOptions(
+        connect_timeout_s=min(LEASE_CONNECT_TIMEOUT_S, failover_time_s / 10),
+        read_timeout_s=min(LEASE_READ_TIMEOUT_S, failover_time_s / 5),
+        max_pool_connections=DEFAULT_CLIENT_OPTIONS.max_pool_connections,
+        sdk_max_attempts=1,
+    )
+
 
 # Error codes that mean "slow down and try again" across services (the SDK's standard-mode list, plus the
 # service-specific spellings Firehose, Timestream and S3 use).
@@ -102,6 +134,9 @@ _TRANSIENT_CODES = frozenset(
         "InvalidEndpointException",  # a stale discovered endpoint: the SDK re-discovers on the next call
     }
 )
+# Codes of their own that Kinesis documents as retryable: KMSThrottlingException (GetRecords and PutRecords on
+# an encrypted stream) and InternalFailureException (an error event inside a SubscribeToShard stream).
+KINESIS_TRANSIENT_CODES = frozenset({"KMSThrottlingException", "InternalFailureException"})
 # The caller is not allowed to do this, or its credentials are unusable: retrying cannot help.
 ACCESS_CODES = frozenset(
     {
@@ -156,15 +191,41 @@ def _status(exc: ClientError) -> int:
     return int(status) if isinstance(status, int) else 0
 
 
-def is_transient(exc: BaseException) -> bool:
-    """A call that may succeed if repeated later: throttling, 5xx, timeouts, dropped connections."""
+_NETWORK_ERRORS = (BotoConnectionError, HTTPClientError, ConnectionClosedError, TimeoutError, aiohttp.ClientError)
+
+
+def is_throttling(exc: BaseException) -> bool:
+    """The service asked to slow down (a throttling code, or a 503 without one of the known codes)."""
+    if not isinstance(exc, ClientError):
+        return False
+    return error_code(exc) in THROTTLING_CODES or _status(exc) == 503
+
+
+def transient_reason(exc: BaseException, extra_codes: Collection[str] = ()) -> str | None:
+    """Why ``exc`` may succeed if repeated later (its error code or exception type), or None when it is final.
+
+    Throttling, 5xx, timeouts and dropped connections are transient for every service; ``extra_codes`` adds
+    the codes a service documents as retryable on top of these (:data:`KINESIS_TRANSIENT_CODES`), or that an
+    operation waits out (a SubscribeToShard refused with ResourceInUseException while the previous one
+    closes). Access errors never are.
+    """
     if isinstance(exc, ClientError):
         code = error_code(exc)
-        if code in THROTTLING_CODES or code in _TRANSIENT_CODES:
-            return True
-        return code not in ACCESS_CODES and _status(exc) >= 500
-    # HTTPClientError covers read timeouts and connections closed mid-response.
-    return isinstance(exc, (BotoConnectionError, HTTPClientError, ConnectionClosedError, TimeoutError))
+        if code in THROTTLING_CODES or code in _TRANSIENT_CODES or code in extra_codes:
+            return code
+        if code not in ACCESS_CODES and _status(exc) >= 500:
+            return code or f"HTTP {_status(exc)}"
+        return None
+    # HTTPClientError covers read timeouts and connections closed mid-response; aiohttp's errors reach us
+    # from streamed bodies (an event stream) that botocore does not wrap.
+    if isinstance(exc, _NETWORK_ERRORS):
+        return type(exc).__name__
+    return None
+
+
+def is_transient(exc: BaseException, extra_codes: Collection[str] = ()) -> bool:
+    """A call that may succeed if repeated later: throttling, 5xx, timeouts, dropped connections."""
+    return transient_reason(exc, extra_codes) is not None
 
 
 def is_access_error(exc: BaseException) -> bool:

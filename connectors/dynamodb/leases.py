@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
-from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+from botocore.exceptions import BotoCoreError, ClientError
+from streamkit.connectors.aws_clients import is_transient
 
 from streamkit.retry import RetryPolicy, retry
 
@@ -102,17 +103,6 @@ _KNOWN_ATTRIBUTES = frozenset(
 # "The worker actually holds this lease": it owns it and no hand-off is pending, or it is the previous owner
 # finishing a hand-off (KCL 3.x semantics: leaseOwner is already the next owner, checkpointOwner the current).
 _HOLDS = "((#leaseOwner = :me AND attribute_not_exists(#checkpointOwner)) OR #checkpointOwner = :me)"
-
-_RETRYABLE_CODES = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "InternalServerError",
-        "ServiceUnavailable",
-        "LimitExceededException",
-    }
-)
 
 
 class LeaseError(Exception):
@@ -304,10 +294,11 @@ def is_ready(lease: Lease, leases_by_key: Mapping[str, Lease], finished: Collect
     return True
 
 
-# Lease writes retry briefly: about 1.5 s of sleeping at most, under the renewal interval of the default 10 s
-# failover time, so a throttled renewal still lands (or gives up) before the lease could expire. The shared
-# default (10 attempts up to 20 s apart) suits data-plane calls, not leases.
-DEFAULT_LEASE_RETRY = RetryPolicy(max_attempts=6, base_delay_s=0.05, max_delay_s=1.0)
+# Lease writes retry briefly: about 1.5 s of sleeping at most, and no retry starts 3 s after the first attempt,
+# under the renewal interval of the default 10 s failover time, so a throttled or timed-out renewal still lands
+# (or gives up) before the lease could expire; each attempt is bounded by the client's read timeout
+# (aws_clients.lease_table_options). The shared default (five minutes) suits data-plane calls, not leases.
+DEFAULT_LEASE_RETRY = RetryPolicy(max_elapsed_s=3.0, max_attempts=6, base_delay_s=0.05, max_delay_s=1.0)
 
 
 T = TypeVar("T")
@@ -690,18 +681,20 @@ class LeaseTable:
             log.debug("lease_table.retry", operation=operation, lease_key=lease_key, error=str(error))
 
         try:
-            return await retry(attempt, _is_transient, self._retry, on_retry)
+            return await retry(attempt, is_transient, self._retry, on_retry)
         except ClientError as error:
             code = _error_code(error)
             if code == "ConditionalCheckFailedException":
                 item = error.response.get("Item")
                 raise _ConditionFailed(Lease.from_item(item) if item else None, attempts) from None
-            raise self._table_error(operation, lease_key, code, str(error), attempts) from error
-        except (HTTPClientError, ConnectionError) as error:
-            raise self._table_error(operation, lease_key, None, str(error), attempts) from error
+            raise self._table_error(operation, lease_key, code, str(error), attempts, is_transient(error)) from error
+        except BotoCoreError as error:
+            if not is_transient(error):
+                raise  # a deployment problem (no credentials, a bad parameter): not the table's
+            raise self._table_error(operation, lease_key, None, str(error), attempts, True) from error
 
     def _table_error(
-        self, operation: str, lease_key: str | None, code: str | None, message: str, attempts: int
+        self, operation: str, lease_key: str | None, code: str | None, message: str, attempts: int, transient: bool
     ) -> LeaseTableError:
         subject = f" for lease {lease_key!r}" if lease_key else ""
         hint = ""
@@ -710,7 +703,7 @@ class LeaseTable:
         return LeaseTableError(
             f"{operation}{subject} on lease table {self._name!r} failed after {attempts} attempt(s): {message}{hint}",
             code=code,
-            retryable=code is None or code in _RETRYABLE_CODES,
+            retryable=transient,
         )
 
 
@@ -720,13 +713,6 @@ class LeaseTable:
 def _error_code(error: ClientError) -> str:
     code: str = error.response.get("Error", {}).get("Code", "")
     return code
-
-
-def _is_transient(error: BaseException) -> bool:
-    """Throttling, a 5xx, or a connection failure: worth another attempt. A failed condition never is."""
-    if isinstance(error, ClientError):
-        return _error_code(error) in _RETRYABLE_CODES
-    return isinstance(error, HTTPClientError | ConnectionError)
 
 
 def _string(item: Mapping[str, AttributeValue], name: str) -> str | None:

@@ -10,10 +10,9 @@ Error responses are left untouched, so botocore still raises its modelled except
 from __future__ import annotations
 
 import datetime as dt
-from contextlib import AsyncExitStack
 from typing import Any
 
-from botocore.config import Config
+from streamkit.connectors.aws_clients import KINESIS_CLIENT_OPTIONS, AwsClient, ClientOptions
 from streamkit.connectors.kinesis.decode import DecodedRecords, decode_get_records
 
 from streamkit.config import AwsSettings
@@ -29,31 +28,24 @@ def _keep_raw_body(response_dict: dict[str, Any], customized_response_dict: dict
 
 
 class KinesisClient:
-    """An aiobotocore Kinesis client plus the raw GetRecords path. Use as an async context manager."""
+    """An aiobotocore Kinesis client (from :class:`AwsClient`) plus the raw GetRecords path.
 
-    def __init__(self, aws: AwsSettings, *, max_pool_connections: int = 64, read_timeout: float = 30) -> None:
+    Use as an async context manager.
+    """
+
+    def __init__(self, aws: AwsSettings, options: ClientOptions = KINESIS_CLIENT_OPTIONS) -> None:
         self.aws = aws
-        self._config = Config(
-            retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=5,
-            read_timeout=read_timeout,
-            max_pool_connections=max_pool_connections,
-        )
-        self._stack = AsyncExitStack()
+        self._aws = AwsClient(aws, "kinesis", options)
+        self._aws.register("before-parse.kinesis.GetRecords", _keep_raw_body)
         self.client: Any = None
 
     async def __aenter__(self) -> KinesisClient:
-        from aiobotocore.session import get_session
-
-        session = get_session()
-        self.client = await self._stack.enter_async_context(
-            session.create_client("kinesis", config=self._config, **self.aws.client_kwargs("kinesis"))
-        )
-        self.client.meta.events.register("before-parse.kinesis.GetRecords", _keep_raw_body)
+        self.client = await self._aws.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
+        self.client = None
+        await self._aws.close()
 
     async def get_records(self, iterator: str, limit: int) -> tuple[DecodedRecords, int]:
         """One GetRecords call: the decoded records and the size of the response body in bytes."""

@@ -37,10 +37,11 @@ import aiohttp
 import msgspec
 import structlog
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+from streamkit.connectors.aws_clients import KINESIS_TRANSIENT_CODES, ClientOptions, transient_reason
 from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import ChildShard, DecodedRecords, decode_subscribe_event
 from streamkit.connectors.kinesis.efo_consumer import ConsumerRegistrationError, ensure_consumer
-from streamkit.connectors.kinesis.reader import THROTTLED, ReadPacer, ReadSettings, ShardReader, StartAt
+from streamkit.connectors.kinesis.reader import ReadPacer, ReadSettings, ShardReader, StartAt
 
 from streamkit.batch import Partition
 from streamkit.config import AwsSettings, PositiveSeconds
@@ -57,7 +58,7 @@ SUBSCRIPTION_CONNECTIONS = 1024
 _LATEST_RENEW_MARGIN_S = 5.0
 # Refusals worth waiting out. ResourceInUseException: the previous subscription of this consumer and shard
 # is still open at the service (after a cut or a stall), or the consumer is not ACTIVE yet.
-_RETRYABLE = THROTTLED | {"ResourceInUseException"}
+_RETRYABLE = KINESIS_TRANSIENT_CODES | {"ResourceInUseException"}
 
 
 # What RegisterStreamConsumer accepts.
@@ -82,13 +83,10 @@ class SubscriptionStalled(Exception):
 
 
 def _retry_reason(exc: BaseException) -> str | None:
-    """Why a failed subscription is worth renewing after a back-off, or None when it is permanent."""
-    if isinstance(exc, ClientError):  # EventStreamError (a failure pushed inside the stream) is one too
-        code: str = exc.response.get("Error", {}).get("Code", "")
-        return code if code in _RETRYABLE else None
-    if isinstance(exc, HTTPClientError | ConnectionError | aiohttp.ClientError | TimeoutError):
-        return type(exc).__name__
-    return None
+    """Why a failed subscription is worth renewing after a back-off, or None when it is permanent.
+
+    EventStreamError (a failure pushed inside the stream) is a ClientError, classified by its code too."""
+    return transient_reason(exc, _RETRYABLE)
 
 
 class FanOut:
@@ -112,11 +110,12 @@ class FanOut:
             consumer_arn = await ensure_consumer(control.client, stream_arn, name, timeout_s=options.register_timeout_s)
         except ConsumerRegistrationError as exc:
             raise ConfigError("source.efo.consumer_name", str(exc)) from None
+        subscriptions = ClientOptions(
+            max_pool_connections=SUBSCRIPTION_CONNECTIONS, read_timeout_s=options.stall_timeout_s + 5
+        )
         # Its own client: a subscription holds a connection for minutes (the pool must not starve the control
         # calls), and reads may pause up to stall_timeout_s, which the watchdog, not a read timeout, handles.
-        client = await stack.enter_async_context(
-            KinesisClient(aws, max_pool_connections=SUBSCRIPTION_CONNECTIONS, read_timeout=options.stall_timeout_s + 5)
-        )
+        client = await stack.enter_async_context(KinesisClient(aws, subscriptions))
         log.info("enhanced fan-out consumer ACTIVE", consumer=name, arn=consumer_arn)
         return cls(client, consumer_arn, options)
 

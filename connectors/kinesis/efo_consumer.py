@@ -18,12 +18,14 @@ from typing import Any
 
 import structlog
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
-from streamkit.connectors.kinesis.reader import THROTTLED
+from streamkit.connectors.aws_clients import KINESIS_TRANSIENT_CODES, is_transient
 
 from streamkit.retry import RetryPolicy
 
 log = structlog.get_logger("streamkit.kinesis")
 
+# The answers of a race (see the module docstring), waited out like throttling.
+_RACE_CODES = KINESIS_TRANSIENT_CODES | {"ResourceInUseException"}
 # Back-off for the control-plane calls: a fleet starting at once spreads its describes over a few seconds.
 REGISTRATION_RETRY = RetryPolicy(max_attempts=0, base_delay_s=0.5, max_delay_s=5.0)
 # How often a CREATING consumer is described again (jittered), within the 20 calls/s per stream.
@@ -69,7 +71,7 @@ async def ensure_consumer(
             attempt = 0
         except ClientError as exc:
             code = _code(exc)
-            if code not in THROTTLED and code != "ResourceInUseException":
+            if not is_transient(exc, _RACE_CODES):
                 raise ConsumerRegistrationError(f"consumer {name!r} of {stream_arn}: {code or 'error'}: {exc}") from exc
             attempt += 1
             last = f"{code}: {exc}"

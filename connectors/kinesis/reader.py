@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 import structlog
-from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+from botocore.exceptions import ClientError
+from streamkit.connectors.aws_clients import KINESIS_TRANSIENT_CODES, SDK_ERRORS, transient_reason
 from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import (
     ChildShard,
@@ -45,19 +46,6 @@ from streamkit.source import PartitionReader, SourceBatch
 
 log = structlog.get_logger("streamkit.kinesis")
 
-THROTTLED = frozenset(
-    {
-        "ProvisionedThroughputExceededException",
-        "LimitExceededException",
-        "KMSThrottlingException",
-        "ThrottlingException",
-        "InternalFailure",
-        "InternalFailureException",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-    }
-)
-
 # Re-reading this far before the time of the last (empty) response covers clock skew between this host and
 # Kinesis when an iterator started at LATEST must be renewed before anything was delivered (see _iterator).
 _LATEST_RENEW_MARGIN_S = 5.0
@@ -70,12 +58,7 @@ def _error_code(exc: ClientError) -> str:
 
 def _transient(exc: BaseException) -> str | None:
     """The reason to retry ``exc`` (throttling, a 5xx, a connection failure), or None when it is permanent."""
-    if isinstance(exc, ClientError):
-        code = _error_code(exc)
-        return code if code in THROTTLED else None
-    if isinstance(exc, HTTPClientError | ConnectionError):
-        return type(exc).__name__
-    return None
+    return transient_reason(exc, KINESIS_TRANSIENT_CODES)
 
 
 @dataclass(frozen=True)
@@ -193,7 +176,7 @@ class ShardReader(PartitionReader):
         while True:
             try:
                 return await self.client.shard_iterator(self.stream, self.shard_id, iterator_type, **kwargs)
-            except (ClientError, HTTPClientError, ConnectionError) as exc:
+            except SDK_ERRORS as exc:
                 reason = _transient(exc)
                 if reason is None:
                     raise
@@ -228,7 +211,7 @@ class ShardReader(PartitionReader):
                 self.calls += 1
                 self._count("calls")
                 decoded, nbytes = await self.client.get_records(iterator, self.settings.max_records)
-            except (ClientError, HTTPClientError, ConnectionError) as exc:
+            except SDK_ERRORS as exc:
                 if isinstance(exc, ClientError) and _error_code(exc) == "ExpiredIteratorException":
                     self.expired_iterators += 1
                     self._count("expired_iterators")

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import structlog
+from streamkit.connectors.aws_clients import AwsClient, lease_table_options
 from streamkit.connectors.dynamodb import (
     SHARD_END,
     Lease,
@@ -176,8 +177,6 @@ class KinesisSource(Source):
         return checkpoint_for(position)
 
     async def start(self, store: CheckpointStore) -> None:
-        from aiobotocore.session import get_session
-
         self.kinesis = await self._stack.enter_async_context(KinesisClient(self.aws))
         try:
             await self.kinesis.client.describe_stream_summary(StreamName=self.options.stream)
@@ -192,9 +191,9 @@ class KinesisSource(Source):
             except BaseException:
                 await self._stack.aclose()
                 raise
-        dynamodb = await self._stack.enter_async_context(
-            get_session().create_client("dynamodb", **self.aws.client_kwargs("dynamodb"))
-        )
+        # Timeouts below a third of the failover time: a stalled DynamoDB fails a renewal, it does not hang it.
+        lease_client = AwsClient(self.aws, "dynamodb", lease_table_options(self.options.failover_time_s))
+        dynamodb = await self._stack.enter_async_context(lease_client)
         self.dynamodb = dynamodb
         table = LeaseTable(dynamodb, self.table_name)
         opts = self.options
