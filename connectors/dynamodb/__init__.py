@@ -25,6 +25,7 @@ from streamkit.connectors.dynamodb.leases import (
     ShardInfo,
     is_ready,
     lease_key_for,
+    lease_retry,
     parent_lease_keys,
 )
 
@@ -50,6 +51,7 @@ __all__ = [
     "default_worker_id",
     "is_ready",
     "lease_key_for",
+    "lease_retry",
     "parent_lease_keys",
     "plan_takes",
 ]

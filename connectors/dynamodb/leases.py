@@ -45,6 +45,7 @@ __all__ = [
     "ShardInfo",
     "is_ready",
     "lease_key_for",
+    "lease_retry",
     "parent_lease_keys",
 ]
 
@@ -294,11 +295,17 @@ def is_ready(lease: Lease, leases_by_key: Mapping[str, Lease], finished: Collect
     return True
 
 
-# Lease writes retry briefly: about 1.5 s of sleeping at most, and no retry starts 3 s after the first attempt,
-# under the renewal interval of the default 10 s failover time, so a throttled or timed-out renewal still lands
-# (or gives up) before the lease could expire; each attempt is bounded by the client's read timeout
-# (aws_clients.lease_table_options). The shared default (five minutes) suits data-plane calls, not leases.
-DEFAULT_LEASE_RETRY = RetryPolicy(max_elapsed_s=3.0, max_attempts=6, base_delay_s=0.05, max_delay_s=1.0)
+def lease_retry(failover_time_s: float) -> RetryPolicy:
+    """How lease-table calls retry: briefly (about 1.5 s of sleeping at most), and no attempt starts later than
+    a third of the failover time after the first. With the lease client's timeouts (each attempt fails within
+    0.3 x failover, aws_clients.lease_table_options) a throttled or stalled renewal lands or gives up within
+    about two thirds of the failover time, before the lease could expire. The shared default (five minutes)
+    suits data-plane calls, not leases."""
+    return RetryPolicy(max_elapsed_s=failover_time_s / 3, max_attempts=6, base_delay_s=0.05, max_delay_s=1.0)
+
+
+DEFAULT_LEASE_RETRY = lease_retry(10.0)
+"""For the KCL's default 10 s failover time."""
 
 
 T = TypeVar("T")

@@ -29,6 +29,7 @@ from streamkit.connectors.dynamodb import (
     LeaseTableError,
     ShardInfo,
     default_worker_id,
+    lease_retry,
 )
 from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import ChildShard
@@ -195,7 +196,7 @@ class KinesisSource(Source):
         lease_client = AwsClient(self.aws, "dynamodb", lease_table_options(self.options.failover_time_s))
         dynamodb = await self._stack.enter_async_context(lease_client)
         self.dynamodb = dynamodb
-        table = LeaseTable(dynamodb, self.table_name)
+        table = LeaseTable(dynamodb, self.table_name, retry=lease_retry(self.options.failover_time_s))
         opts = self.options
         self.coordinator = LeaseCoordinator(
             table,
