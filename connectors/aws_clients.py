@@ -160,7 +160,8 @@ def client_config(options: ClientOptions = DEFAULT_CLIENT_OPTIONS, **extra: Any)
         connect_timeout=options.connect_timeout_s,
         read_timeout=options.read_timeout_s,
         max_pool_connections=options.max_pool_connections,
-        retries={"mode": "standard", "max_attempts": options.sdk_max_attempts},
+        # total_max_attempts counts the first attempt; botocore's "max_attempts" would count retries only.
+        retries={"mode": "standard", "total_max_attempts": options.sdk_max_attempts},
         tcp_keepalive=True,
         user_agent_extra="streamkit",
         **extra,
