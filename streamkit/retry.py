@@ -87,9 +87,15 @@ async def retry(
     *,
     clock: Clock = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    budget: RetryBudget | None = None,
 ) -> T:
-    """Run ``operation`` until it succeeds, retrying errors ``is_retryable`` accepts, within ``policy``."""
-    budget = policy.budget(clock)
+    """Run ``operation`` until it succeeds, retrying errors ``is_retryable`` accepts, within ``policy``.
+
+    The error that ends the retries is raised as it is; pass your own ``budget`` (``policy.budget()``) to
+    say in your message how long it was tried (``budget.describe(attempts)``).
+    """
+    if budget is None:
+        budget = policy.budget(clock)
     attempt = 0
     while True:
         attempt += 1

@@ -29,19 +29,18 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 import structlog
-from botocore.exceptions import ClientError
 from streamkit.connectors.aws_clients import (
     SDK_ERRORS,
-    THROTTLING_CODES,
     AwsClient,
     describe_error,
     error_code,
     is_access_error,
+    is_throttling,
     is_transient,
 )
 
 from streamkit.errors import SinkError
-from streamkit.retry import RetryPolicy
+from streamkit.retry import RetryPolicy, retry
 
 __all__ = [
     "ACCOUNT_ID",
@@ -128,11 +127,6 @@ class _Missing(Exception):
 
 # Error codes that are answers to a conditional request rather than failures.
 _ANSWERS: Final[dict[str, type[Exception]]] = {"PreconditionFailed": _Existed, "ConditionalRequestConflict": _Conflict}
-
-
-def _status(exc: ClientError) -> int:
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return int(status) if isinstance(status, int) else 0
 
 
 class S3Requests:
@@ -230,47 +224,47 @@ class S3Requests:
     async def _call(self, what: str, operation: Callable[[], Awaitable[T]], *, probe: bool = False) -> T:
         """One request until it is answered: retried while transient; 412, 409 and (for existence checks)
         404 are answers, raised as the private exceptions above; anything else is a SinkError."""
-        attempt = 0
+        attempts = 0
         began = time.perf_counter()  # the write's latency includes its retries
         budget = self.retry.budget()
-        while True:
-            attempt += 1
-            async with self._slots:
+
+        async def attempt() -> T:
+            nonlocal attempts
+            attempts += 1
+            async with self._slots:  # a slot per attempt: a request waiting out its back-off holds none
                 self.requests += 1
-                try:
-                    result = await operation()
-                except SDK_ERRORS as exc:
-                    failure = exc
-                else:
-                    self._observe(began, failed=False)
-                    return result
-            code = error_code(failure)
-            answer = _ANSWERS.get(code or "")
-            if answer is None and probe and code in _ABSENT_CODES:
-                answer = _Missing
-            if answer is not None:
-                self._observe(began, failed=False)
-                raise answer
-            if not is_transient(failure):
-                self._observe(began, failed=True)
-                problem = f"{describe_error(failure)}{self._owner_hint(failure)}"
-                raise SinkError(
-                    f"s3://{self.bucket}: {what} failed: {problem}; stopping without "
-                    "acknowledging (check the bucket, its policy and the credentials)"
-                ) from failure
-            if budget.exhausted(attempt):
-                self._observe(began, failed=True)
-                raise SinkError(
-                    f"s3://{self.bucket}: {what} still failing {budget.describe(attempt)}: {describe_error(failure)}",
-                    retryable=True,
-                ) from failure
-            throttled = code in THROTTLING_CODES or (isinstance(failure, ClientError) and _status(failure) == 503)
+                return await operation()
+
+        def on_retry(failure: BaseException, attempt: int) -> None:
+            throttled = is_throttling(failure)
             self.retries += 1
             self.throttled += throttled
             if self._on_retry is not None:
                 self._on_retry(throttled)
             log.info("s3 request failed, retrying", what=what, error=describe_error(failure), attempt=attempt)
-            await asyncio.sleep(budget.delay(attempt))
+
+        try:
+            result = await retry(attempt, is_transient, self.retry, on_retry, budget=budget)
+        except SDK_ERRORS as failure:
+            code = error_code(failure)
+            answer = _ANSWERS.get(code or "")
+            if answer is None and probe and code in _ABSENT_CODES:
+                answer = _Missing
+            self._observe(began, failed=answer is None)
+            if answer is not None:
+                raise answer from None
+            if not is_transient(failure):
+                problem = f"{describe_error(failure)}{self._owner_hint(failure)}"
+                raise SinkError(
+                    f"s3://{self.bucket}: {what} failed: {problem}; stopping without "
+                    "acknowledging (check the bucket, its policy and the credentials)"
+                ) from failure
+            raise SinkError(
+                f"s3://{self.bucket}: {what} still failing {budget.describe(attempts)}: {describe_error(failure)}",
+                retryable=True,
+            ) from failure
+        self._observe(began, failed=False)
+        return result
 
     def _owner_hint(self, failure: BaseException) -> str:
         if self.expected_owner and is_access_error(failure):

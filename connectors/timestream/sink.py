@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -44,7 +43,7 @@ from streamkit.batch import RecordBatch
 from streamkit.build import BuildEnv
 from streamkit.config import PositiveInt
 from streamkit.errors import ConfigError, SinkError
-from streamkit.retry import RetryBudget
+from streamkit.retry import RetryBudget, retry
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 
 log = structlog.get_logger("streamkit.connectors.timestream")
@@ -162,23 +161,27 @@ class TimestreamSink(BufferedSink):
         if common:
             request["CommonAttributes"] = common
         client = self.aws.client
-        attempt = 0
+        attempts = 0
         budget = self.retry.budget()
-        while True:
-            attempt += 1
+
+        async def write() -> None:
+            nonlocal attempts
+            attempts += 1
             self.requests += 1
-            try:
-                await client.write_records(**request)
-            except SDK_ERRORS as exc:
-                if error_code(exc) == "RejectedRecordsException":
-                    return self._rejected(exc, indices, attempt)
-                self._raise_unless_retryable(exc, attempt, budget)
-                self.retries += 1
-                log.info("timestream write failed, retrying", error=describe_error(exc), attempt=attempt)
-                await asyncio.sleep(budget.delay(attempt))
-                continue
-            self.records_written += len(records)
-            return []
+            await client.write_records(**request)
+
+        def on_retry(exc: BaseException, attempt: int) -> None:
+            self.retries += 1
+            log.info("timestream write failed, retrying", error=describe_error(exc), attempt=attempt)
+
+        try:
+            await retry(write, is_transient, self.retry, on_retry, budget=budget)
+        except SDK_ERRORS as exc:
+            if error_code(exc) == "RejectedRecordsException":
+                return self._rejected(exc, indices, attempts)
+            raise self._give_up(exc, attempts, budget) from exc
+        self.records_written += len(records)
+        return []
 
     def _rejected(self, exc: BaseException, indices: list[int], attempt: int) -> list[Rejection]:
         """The records Timestream refused; the rest of the call was written."""
@@ -202,14 +205,14 @@ class TimestreamSink(BufferedSink):
         log.warning("timestream rejected records", table=self.options.table, rejected=len(out), total=len(indices))
         return out
 
-    def _raise_unless_retryable(self, exc: BaseException, attempt: int, budget: RetryBudget) -> None:
+    def _give_up(self, exc: BaseException, attempt: int, budget: RetryBudget) -> SinkError:
+        """The error that stops the sink after ``exc`` ended the write's retries."""
         code = error_code(exc)
         if is_access_error(exc) or code in _STOP_CODES:
-            raise SinkError(f"{self.target}: {describe_error(exc)}; stopping without acknowledging") from exc
+            return SinkError(f"{self.target}: {describe_error(exc)}; stopping without acknowledging")
         if not is_transient(exc):
-            raise SinkError(f"{self.target}: unexpected {describe_error(exc)}; stopping") from exc
-        if budget.exhausted(attempt):
-            raise SinkError(
-                f"{self.target}: still {describe_error(exc)} {budget.describe(attempt)}; a restart replays the records",
-                retryable=True,
-            ) from exc
+            return SinkError(f"{self.target}: unexpected {describe_error(exc)}; stopping")
+        return SinkError(
+            f"{self.target}: still {describe_error(exc)} {budget.describe(attempt)}; a restart replays the records",
+            retryable=True,
+        )
