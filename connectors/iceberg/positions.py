@@ -6,8 +6,8 @@ holds. The catalog commit swaps data and ledger in one atomic step, so after a c
 what it holds; records at or below those positions are acknowledged on replay without being written again.
 
 Each commit carries the whole map forward (merged with what the table held), so the current snapshot
-answers for every partition, whichever worker wrote it last. Snapshots written by others (compaction,
-maintenance, another tool) have no ledger: the newest ancestor that has one is used.
+answers for every partition, whichever worker wrote it last; reading merges the ledgers of the whole
+lineage anyway, so snapshots written by others (compaction, maintenance, another tool) lose nothing.
 """
 
 from __future__ import annotations
@@ -76,18 +76,30 @@ class _Table(Protocol):
     def snapshot_by_id(self, snapshot_id: int) -> Any: ...
 
 
-def committed_positions(table: _Table, prop: str) -> tuple[dict[str, str], int | None]:
-    """The ledger of the newest snapshot in the current lineage that has ``prop``, and that snapshot's id.
+def committed_positions(
+    table: _Table, prop: str, cache: dict[int, dict[str, str]] | None = None
+) -> tuple[dict[str, str], int | None]:
+    """The ledger of the table's current lineage, and the newest snapshot id that carries one.
 
-    ({}, None) for a table the sink never committed to. A snapshot without the property (compaction,
-    another writer) is skipped: the data it rewrote came from snapshots that had it.
+    Ledgers of every ancestor are merged (the highest position per partition wins), so neither a snapshot
+    without one (compaction, another tool) nor a commit that carried an older map forward loses what an
+    ancestor recorded. Snapshot summaries are part of the table metadata already loaded: walking them
+    reads nothing more from storage, and ``cache`` keeps each decoded ledger by snapshot id.
     """
+    memo = cache if cache is not None else {}
+    merged: dict[str, str] = {}
+    newest: int | None = None
     snapshot: _Snapshot | None = table.current_snapshot()
     while snapshot is not None:
-        summary = snapshot.summary
-        text = summary.get(prop) if summary is not None else None
-        if text is not None:
-            return decode(text, f"snapshot {snapshot.snapshot_id} property {prop}"), snapshot.snapshot_id
+        ledger = memo.get(snapshot.snapshot_id)
+        if ledger is None:
+            summary = snapshot.summary
+            text = summary.get(prop) if summary is not None else None
+            ledger = decode(text, f"snapshot {snapshot.snapshot_id} property {prop}") if text is not None else {}
+            memo[snapshot.snapshot_id] = ledger
+        if ledger:
+            newest = newest if newest is not None else snapshot.snapshot_id
+            merged = merge(ledger, merged)
         parent = snapshot.parent_snapshot_id
         snapshot = table.snapshot_by_id(parent) if parent is not None else None
-    return {}, None
+    return merged, newest

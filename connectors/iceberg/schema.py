@@ -227,11 +227,23 @@ class RecordConverter:
         return Converted(data, [r for r in rows if r not in failures], failures, evolution)
 
     def _struct_table(self, values: list[Any]) -> pa.Table | None:
+        """The fast path: Arrow infers the records' types in one pass, then each column is cast (safely:
+        pyarrow's typed conversion would silently truncate 1.5 into an integer column)."""
         try:
-            array = pa.array(values, type=pa.struct(self.arrow))
+            inferred = pa.array(values)
         except _CONVERT_ERRORS:
             return None
-        return pa.Table.from_batches([pa.RecordBatch.from_struct_array(array)]).cast(self.arrow)
+        if not pa.types.is_struct(inferred.type):
+            return None
+        arrays = []
+        for target in self.arrow:
+            index = inferred.type.get_field_index(target.name)
+            try:
+                child = inferred.field(index) if index >= 0 else pa.nulls(len(values), target.type)
+                arrays.append(child.cast(target.type))
+            except _CONVERT_ERRORS:
+                return None
+        return pa.Table.from_arrays(arrays, schema=self.arrow)
 
     def _column_by_column(self, values: list[Any], evolution: Evolution) -> tuple[pa.Table, dict[int, str]]:
         """The slow path, for batches with records that do not fit: find them, and what to widen."""
@@ -280,11 +292,15 @@ def _pair(schema: pa.Schema) -> tuple[list[str], list[pa.DataType]]:
 
 
 def _array(column: list[Any], kind: pa.DataType) -> pa.Array:
+    """Values as an array of ``kind`` through a safe cast of Arrow's own inference: ISO 8601 text becomes a
+    timestamp, 1.5 never becomes an integer (pyarrow's typed conversion would truncate it)."""
     try:
-        return pa.array(column, type=kind)
-    except _CONVERT_ERRORS:
-        # Text for timestamps, dates and decimals: Arrow's cast parses ISO 8601 and decimal strings.
         return pa.array(column).cast(kind)
+    except _CONVERT_ERRORS:
+        if not pa.types.is_nested(kind):
+            raise
+        # A struct or list whose values lack some fields: only the typed conversion fills them with nulls.
+        return pa.array(column, type=kind)
 
 
 def _fits(column: list[Any], kind: pa.DataType) -> bool:

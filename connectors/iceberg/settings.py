@@ -125,21 +125,13 @@ def catalog_properties(options: CatalogOptions, env: BuildEnv) -> dict[str, str]
 def _sql(options: CatalogOptions, env: BuildEnv, where: str) -> dict[str, str]:
     if (options.uri is None) == (options.path is None):
         raise ConfigError(f"{where}.path", "a sql catalog needs exactly one of path (a sqlite file) or uri")
-    if options.path is not None:
-        file = env.path(options.path)
-        if not file.parent.is_dir():
-            raise ConfigError(f"{where}.path", f"directory {file.parent} does not exist")
-        uri = f"sqlite:///{file}"
-    else:
-        uri = str(options.uri)
+    # A path's directory is made at start-up, not here: `streamkit validate` must not create anything.
+    uri = f"sqlite:///{env.path(options.path)}" if options.path is not None else str(options.uri)
     if not options.warehouse:
         raise ConfigError(f"{where}.warehouse", "a sql catalog needs a warehouse: an s3:// prefix or a directory")
     warehouse = options.warehouse
     if "://" not in warehouse:
-        directory = env.path(warehouse)
-        if not directory.is_dir():
-            raise ConfigError(f"{where}.warehouse", f"directory {directory} does not exist")
-        warehouse = directory.as_uri()
+        warehouse = env.path(warehouse).as_uri()  # made at start-up
     # init_catalog_tables: create the catalog's own tables in a new sqlite file.
     return {"type": "sql", "uri": uri, "warehouse": warehouse, "init_catalog_tables": "true"}
 

@@ -20,7 +20,10 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import pyarrow as pa
 import structlog
@@ -38,7 +41,7 @@ from pyiceberg.exceptions import (
     UnauthorizedError,
 )
 from pyiceberg.schema import Schema
-from pyiceberg.table import Table
+from pyiceberg.table import Table, TableProperties
 from pyiceberg.transforms import (
     BucketTransform,
     DayTransform,
@@ -141,6 +144,7 @@ class TableWriter:
         self.table: Table | None = None
         self.converter: RecordConverter | None = None
         self.committed: dict[str, str] = {}
+        self._ledgers: dict[int, dict[str, str]] = {}
         self.commits = 0
         self.rows_written = 0
         self.conflicts = 0
@@ -155,6 +159,7 @@ class TableWriter:
     # -- opening ---------------------------------------------------------------------------------
     def open(self) -> None:
         """Connect to the catalog and load (or create) the table; ConfigError for what the user must fix."""
+        self._make_local_dirs()
         try:
             self.catalog = load_catalog(self.options.catalog.name, **self.properties)
             try:
@@ -173,6 +178,17 @@ class TableWriter:
             raise ConfigError(f"{self.where}.catalog", problem) from None
         if self.table is not None and self.options.columns:
             self._check_configured(self.table.schema())
+
+    def _make_local_dirs(self) -> None:
+        """A local catalog file's directory and a local warehouse (a laptop run starts from nothing)."""
+        uri, warehouse = self.properties.get("uri", ""), self.properties.get("warehouse", "")
+        try:
+            if uri.startswith("sqlite:///"):
+                Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            if warehouse.startswith("file://"):
+                Path(url2pathname(urlsplit(warehouse).path)).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{self.where}.catalog", f"cannot make the local catalog directories: {exc}") from None
 
     def _create(self, schema: Schema | pa.Schema) -> None:
         assert self.catalog is not None
@@ -198,7 +214,7 @@ class TableWriter:
     def _use(self, table: Table) -> None:
         self.table = table
         self.converter = RecordConverter(table.schema(), self.options.new_columns)
-        self.committed, snapshot = positions.committed_positions(table, self.prop)
+        self.committed, snapshot = positions.committed_positions(table, self.prop, self._ledgers)
         log.info(
             "iceberg table ready",
             table=self.identifier,
@@ -244,7 +260,7 @@ class TableWriter:
                 return
             return
         self._attempt("refresh", self.table.refresh)
-        self.committed, _ = positions.committed_positions(self.table, self.prop)
+        self.committed, _ = positions.committed_positions(self.table, self.prop, self._ledgers)
         if self.converter is None or self.converter.schema.schema_id != self.table.schema().schema_id:
             self.converter = RecordConverter(self.table.schema(), self.options.new_columns)
 
@@ -315,7 +331,9 @@ class TableWriter:
                 return 0
             ledger = positions.merge(self.committed, last)
             try:
-                self.table.append(data, snapshot_properties={self.prop: positions.encode(ledger)})
+                _without_internal_retries(self.table).append(
+                    data, snapshot_properties={self.prop: positions.encode(ledger)}
+                )
             except _RACES as exc:
                 self.conflicts += 1
                 log.info("iceberg commit raced another writer; refreshing", table=self.identifier, error=str(exc))
@@ -373,6 +391,19 @@ class TableWriter:
                     raise
                 log.info(f"iceberg {what} failed, retrying", table=self.identifier, error=f"{type(exc).__name__}")
                 self._retry_or_stop(exc, attempt)
+
+
+def _without_internal_retries(table: Table) -> Table:
+    """The table with pyiceberg's own commit retries turned off, in memory only.
+
+    On a conflict pyiceberg rebases the append onto the new snapshot with the summary it was given: the
+    ledger would miss what the other writer recorded, and records it committed meanwhile would be appended
+    again. :meth:`TableWriter.commit` retries instead, after refreshing the ledger and skipping again. A
+    commit sends only the new snapshot and its requirements, so this property never reaches the catalog.
+    """
+    properties = {**table.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
+    metadata = table.metadata.model_copy(update={"properties": properties})
+    return Table(table.name(), metadata, table.metadata_location, table.io, table.catalog)
 
 
 def _decode(payloads: Sequence[bytes]) -> list[Any]:
