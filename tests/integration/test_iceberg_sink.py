@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import http.server
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import boto3
 import duckdb
@@ -459,3 +461,68 @@ def test_sigkill_between_data_files_and_commit_leaves_nothing_visible_and_replay
     orphans = [k for k in s3_keys(moto_server, "wh/") if k.endswith(".parquet") and k not in referenced]
     assert orphans, "the killed worker had written data files the catalog never referenced"
     finish_and_check(moto_server, tmp_path, config, count)
+
+
+# -- REST catalog with SigV4 --------------------------------------------------------------------------
+class _RestCatalog(http.server.BaseHTTPRequestHandler):
+    """The two Iceberg REST endpoints a start-up calls, recording each request's headers."""
+
+    seen: ClassVar[list[tuple[str, dict[str, str]]]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, dict(self.headers)))
+        if self.path.startswith("/iceberg/v1/config"):
+            self._answer(200, {"defaults": {}, "overrides": {}})
+        else:
+            error = {"message": "Table does not exist: lake.events", "type": "NoSuchTableException", "code": 404}
+            self._answer(404, {"error": error})
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        data = orjson.dumps(body)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_rest_catalog_is_signed_with_sigv4_from_the_standard_chain(
+    aws_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "never-logged-" + "x" * 20
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RestCatalog)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _RestCatalog.seen.clear()
+    try:
+        catalog = {
+            "type": "rest",
+            "uri": f"http://127.0.0.1:{server.server_address[1]}/iceberg",
+            "warehouse": "arn:aws:s3tables:us-east-1:123456789012:bucket/lake",
+            "signing_name": "s3tables",
+        }
+        section = {"catalog": catalog, "table": TABLE, "create": False}
+        env = BuildEnv("iceberg-test", AwsSettings(region=REGION), tmp_path, "sinks[0]")
+        sink = IcebergSink(convert(section, IcebergOptions, "sinks[0]"), env)
+        with pytest.raises(ConfigError) as caught:
+            asyncio.run(sink.start())
+        asyncio.run(sink.close())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert caught.value.path == "sinks[0].table"
+    assert "does not exist" in str(caught.value)
+    paths = [p for p, _ in _RestCatalog.seen]
+    assert paths[0].startswith("/iceberg/v1/config?warehouse=arn")
+    assert any(p.startswith("/iceberg/v1/namespaces/lake/tables/events") for p in paths)
+    for _, headers in _RestCatalog.seen:
+        authorization = headers["Authorization"]
+        assert authorization.startswith("AWS4-HMAC-SHA256 Credential=testing/")
+        assert "/us-east-1/s3tables/aws4_request" in authorization
+        assert headers["X-Amz-Date"]
+    out = capsys.readouterr()
+    assert secret not in out.out + out.err + str(caught.value)
