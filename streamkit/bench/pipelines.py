@@ -48,6 +48,14 @@ def memory_gzip_sink(name: str = "out") -> dict[str, Any]:
     }
 
 
+def iceberg_sink(directory: Path, name: str = "out") -> dict[str, Any]:
+    """The iceberg sink on a SQL catalog (sqlite) and a warehouse in ``directory``: real Parquet files and
+    snapshot commits, as often as a deployment would make them, without a service."""
+    catalog = {"type": "sql", "path": str(directory / "catalog.db"), "warehouse": str(directory / "warehouse")}
+    return {"type": "iceberg", "name": name, "catalog": catalog, "table": "bench.events", "max_records": 50_000,
+            "max_age_s": 5.0}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Variant:
     """One pipeline to measure."""
@@ -57,7 +65,7 @@ class Variant:
     config: PipelineConfig
 
 
-def representative(sink: dict[str, Any]) -> list[Variant]:
+def representative(sink: dict[str, Any], output: str = "NDJSON, gzip") -> list[Variant]:
     chains = [
         (
             "streamkit",
@@ -83,7 +91,7 @@ def representative(sink: dict[str, Any]) -> list[Variant]:
             "sinks": [sink],
             "dead_letter": {"type": "memory"},
         }
-        variants.append(Variant(name, f"{chain} -> {sink['type']} (NDJSON, gzip)", parse_config(data)))
+        variants.append(Variant(name, f"{chain} -> {sink['type']} ({output})", parse_config(data)))
     return variants
 
 

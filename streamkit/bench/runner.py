@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shlex
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ from streamkit.bench.pipelines import (
     build_with_section,
     build_with_source,
     from_file,
+    iceberg_sink,
     memory_gzip_sink,
     representative,
     run_streamkit,
@@ -45,6 +48,26 @@ from streamkit.source import Source
 DEFAULT_RECORDS = {"synthetic": 200_000, "local": 40_000}
 DEFAULT_ROUNDS = {"synthetic": 2, "local": 3, "stream": 1}
 STREAM_DEFAULT_DURATION_S = 60.0
+
+
+@dataclass(frozen=True)
+class ScratchSink:
+    """A ``--sink`` that writes to a scratch directory of its own, no service."""
+
+    section: Callable[[Path], dict[str, Any]]
+    report: str
+    output: str
+
+
+# --sink choices beside memory and s3: name -> how the built-in pipeline's sink is made (one entry each).
+SCRATCH_SINKS: dict[str, ScratchSink] = {
+    "iceberg": ScratchSink(
+        iceberg_sink,
+        "iceberg: Parquet data files appended to a table in a local SQL catalog (sqlite) in a temp dir, "
+        "committed every 50,000 records or 5 s",
+        "Parquet, Iceberg commits",
+    ),
+}
 
 
 @dataclass
@@ -93,6 +116,9 @@ class Bench:
         self.order: list[str] = []
         self.ours: set[str] = set()
         """Names of the streamkit runs (the rest are baselines)."""
+        self.scratch: Path | None = None
+        """The directory a scratch sink writes to, emptied before every run."""
+        self.output = "NDJSON, gzip"
 
     def keep(self, figures: Figures) -> None:
         """Keep each side's best round; memory comes from each side's first round (see docs/performance.md:
@@ -109,10 +135,26 @@ class Bench:
         say(f"  {figures.name}: {figures.records:,} records in {figures.seconds:.2f} s = {rate}{extra}")
 
     def variants(self, sink: dict[str, Any]) -> list[Variant]:
-        return from_file(self.o.pipeline) if self.o.pipeline else representative(sink)
+        return from_file(self.o.pipeline) if self.o.pipeline else representative(sink, self.output)
+
+    def default_sink(self, report: Report) -> dict[str, Any]:
+        """The built-in pipeline's sink unless it is a service's: memory, or a scratch sink (``--sink``)."""
+        scratch = SCRATCH_SINKS.get(self.o.sink)
+        if scratch is None:
+            return memory_gzip_sink()
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"streamkit-bench-{self.o.sink}-"))
+        self.output = scratch.output
+        if self.o.pipeline is None:
+            report.sink = scratch.report
+        return scratch.section(self.scratch)
 
     # -- the streamkit side ----------------------------------------------------------------------
     def run_variant(self, variant: Variant, make: Callable[[], Pipeline], target: int | None, profile: bool) -> None:
+        if self.scratch is not None:
+            # Every run starts from an empty table: a replay into the last run's table would be skipped.
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch.mkdir()
+
         async def go() -> Figures:
             pipeline = make()
             return await run_streamkit(
@@ -182,7 +224,7 @@ class Bench:
             shards, per_shard * self.shards, recorded.payload_bytes * self.shards, recorded.kept * self.shards
         )
         report.records = data.records
-        variants = self.variants(memory_gzip_sink())
+        variants = self.variants(self.default_sink(report))
         baselines = self.baselines(report, "synthetic")
         for round_ in range(self.rounds):
             say(f"round {round_ + 1} of {self.rounds}")
@@ -201,20 +243,20 @@ class Bench:
         installed = any(info.name == "s3" for info in available("sink"))
         if self.o.sink == "s3" and not installed:
             raise ConfigError("--sink", "no sink of type s3 is installed")
-        has_s3 = installed and self.o.sink != "memory" and self.o.pipeline is None
+        has_s3 = installed and self.o.sink in ("auto", "s3") and self.o.pipeline is None
         say(f"starting kinesalite and moto; loading {self.records:,} records into {self.shards} shards")
         bench = start_local(self.shards, self.records, with_bucket=has_s3)
         try:
             data = bench.data
             report.records = data.records
-            sink = memory_gzip_sink()
+            sink = memory_gzip_sink() if has_s3 else self.default_sink(report)
             if has_s3:
                 sink = {"type": "s3", "name": "out", "bucket": bench.bucket, "prefix": "bench/", "format": "ndjson",
                         "compression": "gzip"}  # fmt: skip
             variants = self.variants(sink)
             if has_s3:
                 report.sink = "s3 on moto: gzip NDJSON objects written by the S3 sink"
-            elif self.o.pipeline is None and not installed:
+            elif self.o.pipeline is None and not installed and self.o.sink == "auto":
                 report.sink += " (no `type: s3` sink is installed, so not S3 on moto)"
             data = dataclasses.replace(data, duration_s=self.o.duration_s)
             baselines = self.baselines(report, "local")
@@ -249,7 +291,7 @@ class Bench:
         if not self.o.stream or not self.o.region:
             raise ConfigError("--stream", "--source stream needs --stream NAME and --region REGION")
         aws = AwsSettings(region=self.o.region)
-        variants = self.variants(memory_gzip_sink())
+        variants = self.variants(self.default_sink(report))
         if self.o.records is None and self.o.duration_s is None:
             self.o.duration_s = STREAM_DEFAULT_DURATION_S
         report.duration_s = self.o.duration_s
@@ -294,7 +336,11 @@ class Bench:
             # streamkit tunes the garbage collector when it starts (runtime.gc_tuning, on in the built-in
             # pipeline); do it first, so the baselines run under the same setting.
             tune_gc()
-        getattr(self, o.source)(report)
+        try:
+            getattr(self, o.source)(report)
+        finally:
+            if self.scratch is not None:
+                shutil.rmtree(self.scratch, ignore_errors=True)
         report.streamkit = [self.best[n] for n in self.order if n in self.ours]
         report.baselines = [self.best[n] for n in self.order if n not in self.ours]
         return report

@@ -526,3 +526,20 @@ def test_a_rest_catalog_is_signed_with_sigv4_from_the_standard_chain(
         assert headers["X-Amz-Date"]
     out = capsys.readouterr()
     assert secret not in out.out + out.err + str(caught.value)
+
+
+def test_bench_writes_the_built_in_pipeline_through_the_iceberg_sink(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "streamkit", "bench", "--sink", "iceberg", "--records", "6000", "--shards", "2",
+         "--rounds", "1", "--no-baselines", "--json", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = orjson.loads(out.read_bytes())
+    assert report["sink"].startswith("iceberg: Parquet data files appended to a table in a local SQL catalog")
+    figures = report["streamkit"]
+    assert [f["description"].endswith("-> iceberg (Parquet, Iceberg commits)") for f in figures] == [True, True]
+    written = {f["records_out"] for f in figures}
+    assert len(written) == 1 and 0 < written.pop() < 6000, "both spellings wrote the records the filter kept"
+    assert not [n for n in report["notes"] if "CHECK FAILED" in n]
