@@ -352,6 +352,14 @@ class TableWriter:
             self.committed = ledger
             self.commits += 1
             self.rows_written += data.num_rows
+            log.info(
+                "iceberg commit",
+                table=self.identifier,
+                rows=data.num_rows,
+                skipped=prepared.skipped,
+                partitions=len(last),
+                attempts=attempt,
+            )
             return int(data.num_rows)
 
     def _unwritten(self, prepared: Prepared) -> tuple[pa.Table | None, dict[str, str]]:
@@ -403,7 +411,7 @@ def _without_internal_retries(table: Table) -> Table:
     """
     properties = {**table.metadata.properties, TableProperties.COMMIT_NUM_RETRIES: "0"}
     metadata = table.metadata.model_copy(update={"properties": properties})
-    return Table(table.name(), metadata, table.metadata_location, table.io, table.catalog)
+    return Table(table.name(), metadata, table.metadata_location, table.io, table.catalog, config=table.config)
 
 
 def _decode(payloads: Sequence[bytes]) -> list[Any]:
