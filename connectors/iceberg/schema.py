@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.io.pyarrow import schema_to_pyarrow
@@ -38,6 +37,7 @@ from pyiceberg.types import (
     TimestamptzType,
     TimeType,
 )
+from streamkit.connectors.iceberg.settings import ColumnOptions
 from streamkit.connectors.s3.formats import decode_json_payloads, read_json_table
 
 _PRIMITIVES: Final[dict[str, IcebergType]] = {
@@ -55,17 +55,6 @@ _PRIMITIVES: Final[dict[str, IcebergType]] = {
 }
 _DECIMAL = re.compile(r"decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)")
 _CONVERT_ERRORS = (pa.ArrowException, ValueError, TypeError, OverflowError)
-
-
-class ColumnOptions(msgspec.Struct, forbid_unknown_fields=True):
-    """One column of the table the sink creates."""
-
-    name: str
-    type: str
-    """An Iceberg primitive: boolean, int, long, float, double, string, binary, date, time, timestamp,
-    timestamptz, decimal(P,S)."""
-    required: bool = False
-    doc: str | None = None
 
 
 def iceberg_type(name: str) -> IcebergType:

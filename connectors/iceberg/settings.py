@@ -19,7 +19,6 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 import msgspec
-from streamkit.connectors.iceberg.schema import ColumnOptions
 
 from streamkit.build import BuildEnv
 from streamkit.config import Size
@@ -30,6 +29,17 @@ MIB = 1024 * 1024
 
 # Keys that would put a secret in the pipeline file (pyiceberg accepts all of these).
 _CREDENTIAL_KEYS = ("access-key-id", "secret-access-key", "session-token", "credential", "token", "password")
+
+
+class ColumnOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """One column of the table the sink creates."""
+
+    name: str
+    type: str
+    """An Iceberg primitive: boolean, int, long, float, double, string, binary, date, time, timestamp,
+    timestamptz, decimal(P,S)."""
+    required: bool = False
+    doc: str | None = None
 
 
 class CatalogOptions(msgspec.Struct, forbid_unknown_fields=True):

@@ -17,16 +17,19 @@ import asyncio
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import structlog
 from streamkit.connectors.iceberg.settings import IcebergOptions, catalog_properties, checked
-from streamkit.connectors.iceberg.table import TableWriter
 
 from streamkit.batch import BoolArray, RecordBatch
 from streamkit.build import BuildEnv
+from streamkit.errors import ConfigError
 from streamkit.sink import BufferedWriter, Rejected, Sink
+
+if TYPE_CHECKING:
+    pass
 
 log = structlog.get_logger("streamkit.connectors.iceberg")
 T = TypeVar("T")
@@ -43,6 +46,13 @@ class IcebergSink(Sink, BufferedWriter[RecordBatch]):
         self.where = env.where or "sink"
         self.options = options
         properties = catalog_properties(options.catalog, env)
+        try:
+            # pyiceberg is an extra: the options above validate without it, the sink needs it.
+            from streamkit.connectors.iceberg.table import TableWriter
+        except ImportError as exc:
+            raise ConfigError(
+                f"{self.where}.type", f"needs pyiceberg: pip install 'streamkit[iceberg]' ({exc})"
+            ) from None
         self.writer = TableWriter(options, properties, options.scope or env.pipeline, self.where)
         # One thread: pyiceberg calls never overlap, and never block the event loop.
         self._executor: ThreadPoolExecutor | None = None

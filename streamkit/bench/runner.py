@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -44,6 +44,9 @@ from streamkit.bench.report import Report, markdown
 from streamkit.errors import ConfigError
 from streamkit.runtime import Pipeline, tune_gc
 from streamkit.source import Source
+
+if TYPE_CHECKING:
+    from streamkit.bench.baselines import Baseline
 
 DEFAULT_RECORDS = {"synthetic": 200_000, "local": 40_000}
 DEFAULT_ROUNDS = {"synthetic": 2, "local": 3, "stream": 1}
@@ -182,29 +185,25 @@ class Bench:
         self.keep(figures)
 
     # -- baselines -------------------------------------------------------------------------------
-    def baselines(self, report: Report, kind: str) -> list[Any]:
+    def baselines(self, report: Report, kind: str) -> list[Baseline]:
         if not self.o.baselines:
             return []
         if self.o.pipeline is not None:
             report.notes.append("baselines do the built-in pipeline's work: they run without a pipeline file only")
             return []
-        from streamkit.bench.baselines import load_baselines
+        from streamkit.bench.baselines import local_baselines, synthetic_baselines
 
-        module = load_baselines()
-        if isinstance(module, str):
-            report.skipped["baselines"] = module
-            return []
-        found: list[Any] = module.synthetic_baselines() if kind == "synthetic" else module.local_baselines()
+        found = synthetic_baselines() if kind == "synthetic" else local_baselines()
         runnable = []
         for baseline in found:
             missing = baseline.missing()
             if missing:
-                report.skipped[baseline.name] = f"needs {', '.join(missing)} (the dev extra)"
+                report.skipped[baseline.name] = f"needs {', '.join(missing)}: pip install 'streamkit[bench]'"
             else:
                 runnable.append(baseline)
         return runnable
 
-    def run_baseline(self, baseline: Any, data: Any) -> None:
+    def run_baseline(self, baseline: Baseline, data: Any) -> None:
         say(f"  {baseline.name}: running")
         self.keep(baseline.run(data))
 
@@ -354,7 +353,7 @@ def _replaying(
 
 
 def run_bench(options: BenchOptions) -> int:
-    from streamkit.cli import leaf_errors
+    from streamkit.lifecycle import leaf_errors
 
     try:
         report = Bench(options).run()

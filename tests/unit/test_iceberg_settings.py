@@ -137,3 +137,22 @@ def test_sql_catalog_paths_are_relative_to_the_pipeline_file(tmp_path: Path) -> 
     assert props["warehouse"] == (tmp_path / "out" / "wh").as_uri()
     assert props["s3.endpoint"] == "http://127.0.0.1:5"
     assert not (tmp_path / "out").exists(), "nothing is made before start-up"
+
+
+def test_without_pyiceberg_the_sink_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from streamkit.connectors.iceberg.settings import IcebergOptions
+    from streamkit.connectors.iceberg.sink import IcebergSink
+
+    from streamkit.config import convert
+
+    monkeypatch.delitem(sys.modules, "streamkit.connectors.iceberg.table", raising=False)
+    for name in [n for n in sys.modules if n == "pyiceberg" or n.startswith("pyiceberg.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # an import of it now fails, as when not installed
+    section = {"catalog": {"type": "sql", "path": "c.db", "warehouse": "wh"}, "table": "a.b"}
+    env = BuildEnv("p", AwsSettings(), tmp_path, "sinks[0]")
+    with pytest.raises(ConfigError) as caught:
+        IcebergSink(convert(section, IcebergOptions, "sinks[0]"), env)
+    assert caught.value.path == "sinks[0].type"
+    assert "pip install 'streamkit[iceberg]'" in str(caught.value)
