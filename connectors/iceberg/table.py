@@ -376,8 +376,8 @@ class TableWriter:
                 last[partition] = position
         if not tables:
             return None, last
-        schema = self.converter.arrow if self.converter is not None else tables[0].schema
-        return pa.concat_tables([t.cast(schema) for t in tables]), last
+        # One schema: prepare() converts every batch again after an evolution.
+        return pa.concat_tables(tables), last
 
     def _retry_or_stop(self, exc: BaseException, attempt: int) -> None:
         if self.retry.exhausted(attempt):
