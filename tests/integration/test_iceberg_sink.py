@@ -39,7 +39,7 @@ from streamkit.acks import PartitionTracker
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import BuildEnv, build_pipeline
 from streamkit.config import AwsSettings, convert, load_config, parse_config
-from streamkit.errors import ConfigError
+from streamkit.errors import ConfigError, SinkError
 from streamkit.localstack import MotoServer
 from streamkit.runtime import Pipeline, RunSummary, Runtime
 
@@ -248,6 +248,60 @@ async def test_schema_from_config_evolves_with_new_fields_and_dead_letters_what_
     assert "column 'n'" in reasons["5"] and "'three'" in reasons["5"]
     assert reasons["6"] == "required column 'id' is missing or null"
     assert "column 'n'" in reasons["7"] and "1.5" in reasons["7"]
+
+
+async def test_pyiceberg_runs_off_the_event_loop_and_records_are_acknowledged_after_the_commit(
+    moto_server: MotoServer, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    create_bucket(moto_server)
+    sink = make_sink(moto_server, tmp_path, columns=[{"name": "id", "type": "string"}], max_age_s=600)
+    tracker = PartitionTracker(Partition("kafka:clicks", "0"))
+    threads: list[str] = []
+    seen_before_commit: list[object] = []
+    writer = sink.writer
+    prepare, commit = writer.prepare, writer.commit
+
+    def prepare_here(batches: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return prepare(batches)
+
+    def commit_here(prepared: Any) -> int:
+        threads.append(threading.current_thread().name)
+        seen_before_commit.append(tracker.checkpoint_position())
+        return commit(prepared)
+
+    writer.prepare, writer.commit = prepare_here, commit_here  # type: ignore[method-assign]
+    async with asyncio.timeout(30):
+        await sink.start()
+        await sink.submit(routed([{"id": str(i)} for i in range(50)], tracker))
+        await sink.flush()
+        await sink.close()
+    assert threads and all(t.startswith("iceberg") for t in threads), threads
+    assert threading.current_thread().name not in threads
+    assert seen_before_commit == [None], "nothing was acknowledged before the commit"
+    assert tracker.checkpoint_position() == 49
+
+
+async def test_a_commit_that_cannot_reach_the_warehouse_acknowledges_nothing(
+    moto_server: MotoServer, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    create_bucket(moto_server)
+    sink = make_sink(moto_server, tmp_path, columns=[{"name": "id", "type": "string"}], max_age_s=600)
+    tracker = PartitionTracker(Partition("kafka:clicks", "0"))
+    async with asyncio.timeout(60):
+        await sink.start()
+        # The fault: the warehouse bucket disappears, so neither metadata nor data files can be read or written.
+        client = boto3.client("s3", endpoint_url=moto_server.endpoint_url, region_name=REGION)
+        for key in s3_keys(moto_server, ""):
+            client.delete_object(Bucket=BUCKET, Key=key)
+        client.delete_bucket(Bucket=BUCKET)
+        await sink.submit(routed([{"id": str(i)} for i in range(20)], tracker))
+        with pytest.raises(SinkError) as caught:
+            await sink.flush()
+        await sink.close()
+    assert caught.value.retryable, str(caught.value)
+    assert "lake.events" in str(caught.value)
+    assert tracker.checkpoint_position() is None, "nothing acknowledged: a restart replays the records"
 
 
 async def test_new_fields_are_rejected_when_asked(
