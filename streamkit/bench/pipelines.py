@@ -48,14 +48,6 @@ def memory_gzip_sink(name: str = "out") -> dict[str, Any]:
     }
 
 
-def iceberg_sink(directory: Path, name: str = "out") -> dict[str, Any]:
-    """The iceberg sink on a SQL catalog (sqlite) and a warehouse in ``directory``: real Parquet files and
-    snapshot commits, as often as a deployment would make them, without a service."""
-    catalog = {"type": "sql", "path": str(directory / "catalog.db"), "warehouse": str(directory / "warehouse")}
-    return {"type": "iceberg", "name": name, "catalog": catalog, "table": "bench.events", "max_records": 50_000,
-            "max_age_s": 5.0}  # fmt: skip
-
-
 @dataclass(frozen=True)
 class Variant:
     """One pipeline to measure."""
@@ -65,7 +57,7 @@ class Variant:
     config: PipelineConfig
 
 
-def representative(sink: dict[str, Any], output: str = "NDJSON, gzip") -> list[Variant]:
+def representative(sink: dict[str, Any]) -> list[Variant]:
     chains = [
         (
             "streamkit",
@@ -91,7 +83,8 @@ def representative(sink: dict[str, Any], output: str = "NDJSON, gzip") -> list[V
             "sinks": [sink],
             "dead_letter": {"type": "memory"},
         }
-        variants.append(Variant(name, f"{chain} -> {sink['type']} ({output})", parse_config(data)))
+        written = " (NDJSON, gzip)" if sink["type"] in ("memory", "s3") else ""  # others: see the report's sink line
+        variants.append(Variant(name, f"{chain} -> {sink['type']}{written}", parse_config(data)))
     return variants
 
 

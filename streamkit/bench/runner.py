@@ -13,11 +13,10 @@ Rounds alternate streamkit and the baselines; each side's best round is reported
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shlex
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ from streamkit.bench.pipelines import (
     build_with_section,
     build_with_source,
     from_file,
-    iceberg_sink,
     memory_gzip_sink,
     representative,
     run_streamkit,
@@ -51,26 +49,6 @@ if TYPE_CHECKING:
 DEFAULT_RECORDS = {"synthetic": 200_000, "local": 40_000}
 DEFAULT_ROUNDS = {"synthetic": 2, "local": 3, "stream": 1}
 STREAM_DEFAULT_DURATION_S = 60.0
-
-
-@dataclass(frozen=True)
-class ScratchSink:
-    """A ``--sink`` that writes to a scratch directory of its own, no service."""
-
-    section: Callable[[Path], dict[str, Any]]
-    report: str
-    output: str
-
-
-# --sink choices beside memory and s3: name -> how the built-in pipeline's sink is made (one entry each).
-SCRATCH_SINKS: dict[str, ScratchSink] = {
-    "iceberg": ScratchSink(
-        iceberg_sink,
-        "iceberg: Parquet data files appended to a table in a local SQL catalog (sqlite) in a temp dir, "
-        "committed every 50,000 records or 5 s",
-        "Parquet, Iceberg commits",
-    ),
-}
 
 
 @dataclass
@@ -119,9 +97,8 @@ class Bench:
         self.order: list[str] = []
         self.ours: set[str] = set()
         """Names of the streamkit runs (the rest are baselines)."""
-        self.scratch: Path | None = None
-        """The directory a scratch sink writes to, emptied before every run."""
-        self.output = "NDJSON, gzip"
+        self.stand_in_sink: dict[str, Any] | None = None
+        """The sink section of ``--sink`` NAME from streamkit.bench.sinks, started for the whole run."""
 
     def keep(self, figures: Figures) -> None:
         """Keep each side's best round; memory comes from each side's first round (see docs/performance.md:
@@ -138,25 +115,15 @@ class Bench:
         say(f"  {figures.name}: {figures.records:,} records in {figures.seconds:.2f} s = {rate}{extra}")
 
     def variants(self, sink: dict[str, Any]) -> list[Variant]:
-        return from_file(self.o.pipeline) if self.o.pipeline else representative(sink, self.output)
-
-    def default_sink(self, report: Report) -> dict[str, Any]:
-        """The built-in pipeline's sink unless it is a service's: memory, or a scratch sink (``--sink``)."""
-        scratch = SCRATCH_SINKS.get(self.o.sink)
-        if scratch is None:
-            return memory_gzip_sink()
-        self.scratch = Path(tempfile.mkdtemp(prefix=f"streamkit-bench-{self.o.sink}-"))
-        self.output = scratch.output
-        if self.o.pipeline is None:
-            report.sink = scratch.report
-        return scratch.section(self.scratch)
+        return from_file(self.o.pipeline) if self.o.pipeline else representative(sink)
 
     # -- the streamkit side ----------------------------------------------------------------------
     def run_variant(self, variant: Variant, make: Callable[[], Pipeline], target: int | None, profile: bool) -> None:
-        if self.scratch is not None:
-            # Every run starts from an empty table: a replay into the last run's table would be skipped.
-            shutil.rmtree(self.scratch, ignore_errors=True)
-            self.scratch.mkdir()
+        from streamkit.bench.sinks import RESET_BEFORE_EACH_RUN
+
+        reset = RESET_BEFORE_EACH_RUN.get(self.o.sink)
+        if reset is not None and self.stand_in_sink is not None:
+            reset(self.stand_in_sink)
 
         async def go() -> Figures:
             pipeline = make()
@@ -223,7 +190,7 @@ class Bench:
             shards, per_shard * self.shards, recorded.payload_bytes * self.shards, recorded.kept * self.shards
         )
         report.records = data.records
-        variants = self.variants(self.default_sink(report))
+        variants = self.variants(self.stand_in_sink or memory_gzip_sink())
         baselines = self.baselines(report, "synthetic")
         for round_ in range(self.rounds):
             say(f"round {round_ + 1} of {self.rounds}")
@@ -248,14 +215,14 @@ class Bench:
         try:
             data = bench.data
             report.records = data.records
-            sink = memory_gzip_sink() if has_s3 else self.default_sink(report)
+            sink = self.stand_in_sink or memory_gzip_sink()
             if has_s3:
                 sink = {"type": "s3", "name": "out", "bucket": bench.bucket, "prefix": "bench/", "format": "ndjson",
                         "compression": "gzip"}  # fmt: skip
             variants = self.variants(sink)
             if has_s3:
                 report.sink = "s3 on moto: gzip NDJSON objects written by the S3 sink"
-            elif self.o.pipeline is None and not installed and self.o.sink == "auto":
+            elif self.o.pipeline is None and not installed and self.stand_in_sink is None:
                 report.sink += " (no `type: s3` sink is installed, so not S3 on moto)"
             data = dataclasses.replace(data, duration_s=self.o.duration_s)
             baselines = self.baselines(report, "local")
@@ -287,10 +254,12 @@ class Bench:
 
         if self.o.sink == "s3":
             raise ConfigError("--sink", "the s3 sink runs on the local source only (a benchmark never writes to AWS)")
+        if self.o.sink != "auto" and self.o.sink != "memory":
+            raise ConfigError("--sink", f"the {self.o.sink} sink runs on the synthetic or local source only")
         if not self.o.stream or not self.o.region:
             raise ConfigError("--stream", "--source stream needs --stream NAME and --region REGION")
         aws = AwsSettings(region=self.o.region)
-        variants = self.variants(self.default_sink(report))
+        variants = self.variants(memory_gzip_sink())
         if self.o.records is None and self.o.duration_s is None:
             self.o.duration_s = STREAM_DEFAULT_DURATION_S
         report.duration_s = self.o.duration_s
@@ -310,6 +279,17 @@ class Bench:
         first = self.best[self.order[0]]
         report.shards = len(first.shards)
         report.records = first.records
+
+    def start_stand_in_sink(self, stack: contextlib.ExitStack, report: Report) -> dict[str, Any] | None:
+        """Start the stand-in of a ``--sink`` from streamkit.bench.sinks (stopped when the run ends)."""
+        from streamkit.bench.sinks import STAND_IN_SINKS
+
+        make = STAND_IN_SINKS.get(self.o.sink)
+        if make is None or self.o.pipeline is not None or self.o.source == "stream":
+            return None
+        say(f"starting the {self.o.sink} stand-in")
+        section, report.sink = stack.enter_context(make())
+        return section
 
     # -- checks and output -----------------------------------------------------------------------
     def check_outputs(self, report: Report, expected: int, records: int) -> None:
@@ -335,11 +315,9 @@ class Bench:
             # streamkit tunes the garbage collector when it starts (runtime.gc_tuning, on in the built-in
             # pipeline); do it first, so the baselines run under the same setting.
             tune_gc()
-        try:
+        with contextlib.ExitStack() as stack:
+            self.stand_in_sink = self.start_stand_in_sink(stack, report)
             getattr(self, o.source)(report)
-        finally:
-            if self.scratch is not None:
-                shutil.rmtree(self.scratch, ignore_errors=True)
         report.streamkit = [self.best[n] for n in self.order if n in self.ours]
         report.baselines = [self.best[n] for n in self.order if n not in self.ours]
         return report
