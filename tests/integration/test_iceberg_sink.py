@@ -597,3 +597,29 @@ def test_bench_writes_the_built_in_pipeline_through_the_iceberg_sink(tmp_path: P
     written = {f["records_out"] for f in figures}
     assert len(written) == 1 and 0 < written.pop() < 6000, "both spellings wrote the records the filter kept"
     assert not [n for n in report["notes"] if "CHECK FAILED" in n]
+
+
+def test_every_bench_run_writes_a_fresh_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs replay the same shards: into the last run's table they would all be skipped by the ledger."""
+    from streamkit.bench import sinks
+    from streamkit.bench.runner import Bench, BenchOptions
+
+    rows_before_reset: list[int] = []
+    empty = sinks.RESET_BEFORE_EACH_RUN["iceberg"]
+
+    def count_then_empty(section: dict[str, Any]) -> None:
+        catalog = section["catalog"]
+        if Path(catalog["path"]).exists():
+            table = load_catalog("streamkit", type="sql", uri=f"sqlite:///{catalog['path']}").load_table("bench.events")
+            rows_before_reset.append(table.scan().to_arrow().num_rows)
+        empty(section)
+
+    monkeypatch.setitem(sinks.RESET_BEFORE_EACH_RUN, "iceberg", count_then_empty)
+    options = BenchOptions(source="synthetic", records=3000, shards=2, rounds=2, sink="iceberg", baselines=False)
+    report = Bench(options).run()
+    written = {f.records_out for f in report.streamkit}
+    assert len(written) == 1
+    kept = written.pop()
+    assert 0 < kept < 3000
+    # Four runs (two spellings, two rounds): the three resets after a run each found that run's rows.
+    assert rows_before_reset == [kept, kept, kept]
