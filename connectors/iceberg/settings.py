@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from streamkit.build import BuildEnv
-from streamkit.config import Size
+from streamkit.config import PositiveInt, PositiveSeconds, Size
 from streamkit.errors import ConfigError
 from streamkit.sink import BufferOptions
 
@@ -78,12 +78,12 @@ class IcebergOptions(BufferOptions, kw_only=True, forbid_unknown_fields=True):
     """Name of the position ledger in the snapshot summary; default the pipeline name. Two pipelines
     writing one table need different scopes; a renamed pipeline must keep its scope."""
     # A commit is a catalog round trip and a snapshot: commit on size or age, never per batch.
-    max_records: int = 1_000_000
+    max_records: PositiveInt = 1_000_000
     max_bytes: Size = Size(0)
-    """Source bytes held for the next commit; default 3/4 of runtime.max_bytes_in_flight (at most 48MiB)."""
-    max_age_s: float = 60.0
+    """Source bytes held for the next commit; default (0) 3/4 of runtime.max_bytes_in_flight, at most 48MiB."""
+    max_age_s: PositiveSeconds = 60.0
     """The commit interval: records wait at most this long for their commit (and acknowledgement)."""
-    max_concurrent_writes: int = 1
+    max_concurrent_writes: PositiveInt = 1
 
 
 def checked(options: IcebergOptions, env: BuildEnv) -> IcebergOptions:
@@ -103,8 +103,6 @@ def checked(options: IcebergOptions, env: BuildEnv) -> IcebergOptions:
             f"{max_bytes} bytes must be below runtime.max_bytes_in_flight ({budget}): the runtime stops "
             "fetching at its budget, before this sink would commit",
         )
-    if options.max_records < 1 or options.max_age_s <= 0:
-        raise ConfigError(f"{where}.max_records", "max_records and max_age_s must be positive")
     return msgspec.structs.replace(options, max_bytes=max_bytes)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
@@ -23,7 +23,7 @@ import numpy as np
 import structlog
 from streamkit.connectors.iceberg.settings import IcebergOptions, catalog_properties, checked
 
-from streamkit.batch import BoolArray, RecordBatch
+from streamkit.batch import BoolArray, Partition, RecordBatch
 from streamkit.build import BuildEnv
 from streamkit.errors import ConfigError
 from streamkit.sink import BufferedWriter, Rejected, Sink
@@ -83,6 +83,14 @@ class IcebergSink(Sink, BufferedWriter[RecordBatch]):
     # -- the Sink contract on the buffered engine -----------------------------------------------
     def measure(self, item: RecordBatch) -> tuple[int, int]:
         return len(item), item.total_bytes()
+
+    def partition_of(self, item: RecordBatch) -> Partition:
+        return item.partition
+
+    async def revoke(self, partitions: Collection[Partition]) -> None:
+        """Drop the revoked partitions' buffered records. A commit already running on the sink's thread
+        cannot be stopped; if it lands, its ledger makes the next owner skip those records."""
+        await BufferedWriter.revoke(self, partitions)
 
     async def submit(self, batch: RecordBatch) -> None:
         await self.add(batch)

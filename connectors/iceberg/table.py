@@ -59,7 +59,7 @@ from streamkit.connectors.iceberg.settings import IcebergOptions
 
 from streamkit.batch import RecordBatch
 from streamkit.errors import ConfigError, SinkError
-from streamkit.retry import RetryPolicy
+from streamkit.retry import RetryBudget, RetryPolicy
 
 log = structlog.get_logger("streamkit.connectors.iceberg")
 
@@ -323,6 +323,7 @@ class TableWriter:
     def commit(self, prepared: Prepared) -> int:
         """Append the prepared rows with the new ledger in one snapshot; the rows written (0: nothing new)."""
         assert self.table is not None
+        budget = self.retry.budget()
         attempt = 0
         while True:
             attempt += 1
@@ -337,7 +338,7 @@ class TableWriter:
             except _RACES as exc:
                 self.conflicts += 1
                 log.info("iceberg commit raced another writer; refreshing", table=self.identifier, error=str(exc))
-                self._retry_or_stop(exc, attempt)
+                self._retry_or_stop(exc, attempt, budget)
                 self._refresh()
                 continue
             except _DENIED as exc:
@@ -346,7 +347,7 @@ class TableWriter:
                 if not _transient(exc):
                     raise SinkError(f"{self.target}: {type(exc).__name__}: {exc}; stopping") from exc
                 log.info("iceberg commit failed, retrying", table=self.identifier, error=f"{type(exc).__name__}: {exc}")
-                self._retry_or_stop(exc, attempt)
+                self._retry_or_stop(exc, attempt, budget)
                 self._attempt("refresh", self._refresh)
                 continue
             self.committed = ledger
@@ -379,16 +380,17 @@ class TableWriter:
         # One schema: prepare() converts every batch again after an evolution.
         return pa.concat_tables(tables), last
 
-    def _retry_or_stop(self, exc: BaseException, attempt: int) -> None:
-        if self.retry.exhausted(attempt):
+    def _retry_or_stop(self, exc: BaseException, attempt: int, budget: RetryBudget) -> None:
+        if budget.exhausted(attempt):
             raise SinkError(
-                f"{self.target}: still {type(exc).__name__}: {exc} after {attempt} attempts; a restart replays "
-                "the records and the ledger skips what was committed",
+                f"{self.target}: still {type(exc).__name__}: {exc} {budget.describe(attempt)}; a restart "
+                "replays the records and the ledger skips what was committed",
                 retryable=True,
             ) from exc
-        time.sleep(self.retry.delay(attempt))
+        time.sleep(budget.delay(attempt))  # on the sink's own thread, never the event loop
 
     def _attempt(self, what: str, call: Any) -> Any:
+        budget = self.retry.budget()
         attempt = 0
         while True:
             attempt += 1
@@ -398,7 +400,7 @@ class TableWriter:
                 if isinstance(exc, SinkError) or not _transient(exc):
                     raise
                 log.info(f"iceberg {what} failed, retrying", table=self.identifier, error=f"{type(exc).__name__}")
-                self._retry_or_stop(exc, attempt)
+                self._retry_or_stop(exc, attempt, budget)
 
 
 def _without_internal_retries(table: Table) -> Table:
