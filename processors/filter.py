@@ -25,6 +25,7 @@ class Filter:
         where = getattr(env, "where", "processors[?]") + ".where"
         self.predicate = compile_values_predicate(options.where, where, env.resolve)
         self.drop = options.drop
+        self.where = options.where
         self.reads = predicate_fields(options.where)
         """The field paths the predicate reads (None: a callable, which may read anything); for the planner."""
 

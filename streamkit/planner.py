@@ -23,11 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from streamkit.batch import RecordBatch
 from streamkit.processor import ProcessContext, Processor, ProcessorOutput, stage_name
 from streamkit.processors.filter import Filter
 from streamkit.processors.json_codec import JsonDecode, JsonEncode
+from streamkit.processors.json_project import JsonProject, NotExact
 from streamkit.processors.json_views import FieldTree, JsonViewDecoder, field_tree, tree_paths
 from streamkit.processors.project import Map
 from streamkit.processors.timestamp import Timestamp
@@ -48,16 +50,27 @@ class Step:
 class FusedJson:
     """``json.decode`` and the built-in stages after it, run as one step over decoded views."""
 
-    def __init__(self, decode: JsonDecode, stages: Sequence[Processor], tree: FieldTree) -> None:
+    def __init__(
+        self, decode: JsonDecode, stages: Sequence[Processor], tree: FieldTree, fast: JsonProject | None = None
+    ) -> None:
         self.decode_name = stage_name(decode)
         self.stages = [(p, stage_name(p)) for p in stages]
         self.name = " + ".join([self.decode_name, *(n for _, n in self.stages)])
         self.decoder = JsonViewDecoder(tree)
         # Until a map replaces them, the values are views: they must not leave this step.
         self.views_leave = not any(isinstance(p, Map) for p in stages)
+        self.fast = fast
+        """For filter* -> map -> json.encode?: json.project in exact mode, tried first on every batch."""
 
     def __call__(self, batch: RecordBatch, ctx: ProcessContext) -> ProcessorOutput:
         views = not batch.decoded  # json.decode passes decoded batches through unchanged
+        if views and self.fast is not None:
+            try:
+                projected = self.fast(batch, ctx)
+            except NotExact:
+                pass  # a record it would not treat exactly as the stages do: the general path below
+            else:
+                return None if projected is None else projected.with_values_on_demand()
         if views:
             ctx.stage = self.decode_name
             decoded = self.decoder(batch, ctx)
@@ -136,9 +149,11 @@ def plan(processors: Sequence[Processor]) -> tuple[list[Processor], list[Step]]:
             i += 1
             continue
         tree = field_tree(paths)
-        fused = FusedJson(head, run, tree)
+        fused = FusedJson(head, run, tree, _projection(run))
         physical.append(fused)
         step = Step([fused.decode_name, *(n for _, n in fused.stages)], fused=True, fields=tree_paths(tree))
+        if fused.fast is not None:
+            step.notes.append("projection: only the kept fields are built, and written straight back as JSON")
         if j < len(processors):
             step.notes.append(f"ends before {_next(processors, j)}: {note}")
         if fused.views_leave:
@@ -147,6 +162,33 @@ def plan(processors: Sequence[Processor]) -> tuple[list[Processor], list[Step]]:
         steps.append(step)
         i = j
     return physical, steps
+
+
+class _ProjectionEnv:
+    where = "chain planner"
+
+    @staticmethod
+    def resolve(reference: str, where: str) -> Any:
+        raise AssertionError("the planner never hands json.project a callable")
+
+
+def _projection(run: Sequence[Processor]) -> JsonProject | None:
+    """json.project in exact mode for runs shaped ``filter* -> map -> json.encode?`` (top-level fields kept
+    under their own names, missing fields omitted): the shape of most pipelines, and its fastest path."""
+    *filters, last = run
+    if isinstance(last, JsonEncode) and filters:
+        if last.option:
+            return None
+        *filters, last = filters
+    if not (isinstance(last, Map) and last.all_flat and last.same_names and last.missing == "omit"):
+        return None
+    wheres: list[Any] = []
+    for f in filters:
+        if not isinstance(f, Filter) or f.reads is None:
+            return None
+        wheres.append({"not": f.where} if f.drop else f.where)
+    where = None if not wheres else wheres[0] if len(wheres) == 1 else {"all": wheres}
+    return JsonProject(JsonProject.Options(fields=list(last.paths), where=where), _ProjectionEnv(), exact=True)
 
 
 def _next(processors: Sequence[Processor], j: int) -> str:

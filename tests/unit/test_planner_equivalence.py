@@ -34,7 +34,7 @@ from streamkit.planner import FusedJson
 from streamkit.predicates import batch_predicate, compile_values_predicate
 from streamkit.processor import Chain, PerRecord, Processor
 from streamkit.runtime import Pipeline, Route, Runtime
-from tests.helpers import ticketed
+from tests.helpers import P, ticketed
 
 ENV = BuildEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")
 OUT_OF_RANGE = re.compile(rb"-[0-9]{19}|[0-9]{20}|[eE][+-]?[0-9]{3}")
@@ -154,6 +154,22 @@ def stages(draw: st.DrawFn) -> Processor:
 chains = st.builds(lambda rest: [JsonDecode(), *rest], st.lists(stages(), max_size=5))
 
 
+@st.composite
+def projection_chains(draw: st.DrawFn) -> list[Processor]:
+    """The shape most pipelines have (filters, a projection of top-level fields, json.encode), which the
+    planner runs through json.project in exact mode."""
+    filters = [
+        Filter(Filter.Options(where=draw(predicates(1)), drop=draw(st.booleans())), ENV)
+        for _ in range(draw(st.integers(0, 2)))
+    ]
+    kept = draw(st.lists(st.sampled_from(TOP), min_size=1, max_size=4, unique=True))
+    if "amount" not in kept and draw(st.booleans()):
+        kept.append("amount")  # where the test puts large floats
+    fields: Any = kept if draw(st.booleans()) else {k: k for k in kept}
+    tail: list[Processor] = [JsonEncode()] if draw(st.booleans()) else []
+    return [JsonDecode(), *filters, Map(Map.Options(fields=fields), ENV), *tail]
+
+
 def outputs_of(batches: list[RecordBatch]) -> list[Any]:
     return [
         (
@@ -183,6 +199,31 @@ async def test_planned_chain_gives_what_the_stages_give(chain: list[Processor], 
     plain_batch = RecordBatch(planned_batch.partition, payloads=list(data), ticket=planned_batch.ticket)
     planned = await Chain(chain).run(planned_batch)
     plain = await Chain(chain, plan=False).run(plain_batch)
+    assert outputs_of(planned[0]) == outputs_of(plain[0])
+    assert failures_of(planned[1]) == failures_of(plain[1])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    chain=projection_chains(),
+    data=st.lists(st.builds(orjson.dumps, records) | payloads(), min_size=1, max_size=12),
+    ascii_only=st.booleans(),
+    big=st.lists(st.floats(min_value=1e16, max_value=1e99) | st.floats(min_value=-1e99, max_value=-1e16), max_size=3),
+)
+async def test_projection_path_gives_what_the_stages_give(
+    chain: list[Processor], data: list[bytes], ascii_only: bool, big: list[float]
+) -> None:
+    if ascii_only:  # batches the fast path takes whole (any non-ASCII byte sends a batch the general way)
+        data = [p for p in data if p.isascii()]
+    # Floats orjson writes as 1e+16 (msgspec as 1e16) must leave the fast path, not change the bytes.
+    data = [*data, *(orjson.dumps({"amount": f, "id": 1, "status": "ok"}) for f in big)]
+    assume(data)
+    assume(not excluded(data))
+    planned_chain = Chain(chain)
+    assert isinstance(planned_chain.stages[0], FusedJson) and planned_chain.stages[0].fast is not None
+    ticket = ticketed([0] * len(data))[0].ticket
+    planned = await planned_chain.run(RecordBatch(P, payloads=list(data), ticket=ticket))
+    plain = await Chain(chain, plan=False).run(RecordBatch(P, payloads=list(data), ticket=ticket))
     assert outputs_of(planned[0]) == outputs_of(plain[0])
     assert failures_of(planned[1]) == failures_of(plain[1])
 
