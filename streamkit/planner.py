@@ -140,8 +140,8 @@ def plan(processors: Sequence[Processor]) -> tuple[list[Processor], list[Step]]:
             mapped = mapped or isinstance(processors[j], Map)
             run.append(processors[j])
             j += 1
-        if not run:
-            # json.decode alone: whoever comes next reads whole records.
+        if not run and j < len(processors):
+            # json.decode alone before a plugin: the plugin reads whole records, decoding them is all there is.
             physical.append(head)
             steps.append(
                 Step([stage_name(head)], fused=False, notes=[f"not fused with {_next(processors, j)}: {note}"])
@@ -175,6 +175,8 @@ class _ProjectionEnv:
 def _projection(run: Sequence[Processor]) -> JsonProject | None:
     """json.project in exact mode for runs shaped ``filter* -> map -> json.encode?`` (top-level fields kept
     under their own names, missing fields omitted): the shape of most pipelines, and its fastest path."""
+    if not run:
+        return None
     *filters, last = run
     if isinstance(last, JsonEncode) and filters:
         if last.option:
