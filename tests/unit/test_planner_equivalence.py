@@ -260,7 +260,10 @@ async def run_pipeline(data: dict[str, list[bytes]], chain: list[Processor], pla
     routed.bind("routed", dead, pipeline.metrics)
     everything.bind("all", dead, pipeline.metrics)
     summary = await Runtime(pipeline).run(asyncio.Event())
-    dead_entries = [{k: v for k, v in e.items() if k != "failed_at"} for e in dead.entries]
+    # In order within each partition; the two partitions run concurrently, so their entries interleave freely.
+    dead_entries: dict[str, list[dict[str, Any]]] = {}
+    for entry in dead.entries:
+        dead_entries.setdefault(entry["partition"], []).append({k: v for k, v in entry.items() if k != "failed_at"})
     return routed.records, everything.records, dead_entries, summary.checkpoints
 
 
