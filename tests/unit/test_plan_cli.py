@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from streamkit.build import build_pipeline
 from streamkit.cli import EXIT_CONFIG, EXIT_OK, main
@@ -49,6 +51,14 @@ sinks:
     name: out
     when: {field: event, equals: click}
 """
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """main() points structlog at this test's captured stderr; later tests must not log to it once closed."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 def write(tmp_path: Path, text: str) -> Path:
