@@ -22,7 +22,7 @@ import msgspec
 import numpy as np
 
 from streamkit.batch import RecordBatch
-from streamkit.config import Size
+from streamkit.config import PositiveInt, PositiveSeconds, Size
 from streamkit.processor import Failure
 from streamkit.retry import RetryPolicy
 
@@ -36,11 +36,11 @@ Item = TypeVar("Item")
 class BufferOptions(msgspec.Struct, forbid_unknown_fields=True):
     """When a buffered sink writes: whichever limit is reached first."""
 
-    max_records: int = 500
+    max_records: PositiveInt = 500
     max_bytes: Size = Size(4 * 1024**2)
-    max_age_s: float = 1.0
+    max_age_s: PositiveSeconds = 1.0
     """A quiet partition's records are written after at most this long (a timer, not the next record)."""
-    max_concurrent_writes: int = 4
+    max_concurrent_writes: PositiveInt = 4
     retry: RetryPolicy = RetryPolicy()
 
 

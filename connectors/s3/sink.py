@@ -32,7 +32,7 @@ from streamkit.connectors.s3.settings import (
     unacked_limit,
     writer_factory,
 )
-from streamkit.connectors.s3.upload import Outcome, S3Requests
+from streamkit.connectors.s3.upload import Outcome, S3Requests, owner_refused
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import BuildEnv
@@ -113,6 +113,7 @@ class S3Sink(Sink):
             max_concurrent=options.max_concurrent_uploads,
             on_retry=lambda throttled: self.record_retry(throttled=throttled),
             on_write=self.observe_write,
+            expected_owner=options.expected_bucket_owner,
         )
         self.stats = S3SinkStats()
         self._shards: dict[Partition, _Shard] = {}
@@ -136,6 +137,9 @@ class S3Sink(Sink):
             if code not in ("403", "AccessDenied"):
                 await self.aws.close()
                 raise ConfigError(where, f"cannot reach bucket {bucket!r}: {describe_error(exc)}") from None
+            if self.options.expected_bucket_owner:  # the probe below reads a 403 as "absent": decide here
+                await self.aws.close()
+                raise ConfigError(where, owner_refused(bucket, self.options.expected_bucket_owner)) from None
             # HeadBucket needs s3:ListBucket, which the sink does not: check with a write right instead.
             try:
                 await self.requests.exists(f"{self.options.prefix}_streamkit-access-check")
