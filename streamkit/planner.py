@@ -89,8 +89,14 @@ class FusedJson:
         return batch
 
 
+_BUILT_INS = (JsonDecode, JsonEncode, Filter, Map, Timestamp)
+"""Exactly these classes: a plugin subclassing one of them may behave differently, so it is not fused."""
+
+
 def _fusable(processor: Processor, mapped: bool) -> tuple[bool, str]:
     """Whether ``processor`` can join a fused run (``mapped``: a map already replaced the records)."""
+    if type(processor) not in _BUILT_INS:
+        return False, "a plugin or callable: it gets whole decoded records, and the stages after it run one pass each"
     if isinstance(processor, (JsonDecode, Map, Timestamp)):
         return True, ""
     if isinstance(processor, Filter):
@@ -121,7 +127,7 @@ def plan(processors: Sequence[Processor]) -> tuple[list[Processor], list[Step]]:
     i = 0
     while i < len(processors):
         head = processors[i]
-        if not isinstance(head, JsonDecode):
+        if type(head) is not JsonDecode:
             physical.append(head)
             steps.append(Step([stage_name(head)], fused=False))
             i += 1
