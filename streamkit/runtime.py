@@ -23,16 +23,17 @@ import numpy as np
 import structlog
 
 from streamkit.acks import AckTicket, PartitionTracker
-from streamkit.backpressure import ByteBudget
+from streamkit.backpressure import ByteBudget, Expansion
 from streamkit.batch import BoolArray, Partition, RecordBatch
 from streamkit.checkpoint import CheckpointStore
 from streamkit.config import RuntimeSettings
 from streamkit.deadletter import DeadLetterQueue
-from streamkit.errors import CheckpointRejected, ProcessingError
+from streamkit.errors import CheckpointDeferred, CheckpointRejected, ProcessingError
+from streamkit.footprint import batch_footprint, footprint, sampled_size
 from streamkit.metrics import Metrics
 from streamkit.processor import Chain, Failure
 from streamkit.sink import Sink
-from streamkit.source import PartitionReader, Source
+from streamkit.source import PartitionReader, Source, SourceBatch
 
 log = structlog.get_logger("streamkit.runtime")
 
@@ -125,6 +126,7 @@ class Runtime:
         self.metrics = pipeline.metrics
         self.store: CheckpointStore = pipeline.source.checkpoint_store() or pipeline.store
         self._budget = ByteBudget(pipeline.settings.max_bytes_in_flight)
+        self._expansion = Expansion()
         self._partitions: dict[Partition, _PartitionState] = {}
         self._last_saved: dict[Partition, str] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -132,6 +134,8 @@ class Runtime:
         self._partition_ended = asyncio.Event()
         self._ticket_done = asyncio.Event()
         self._source_closed = False
+        self._releasing: dict[Partition, asyncio.Task[None]] = {}
+        """Sinks dropping what they hold of a lost partition; a new reader of it waits for this first."""
         self._draining = False
         self.ready = asyncio.Event()
         """Set once start-up finished (clients open, source running)."""
@@ -304,47 +308,132 @@ class Runtime:
             state.lost = True
             if state.task is not None:
                 state.task.cancel()
+            # Its unfinished records will never be acknowledged here (the sinks drop them): give their
+            # bytes back to the budget now.
+            state.tracker.abandon()
             del self._partitions[partition]
             self.metrics.leases_held = len(self.held_partitions)
             log.warning("partition lost", partition=str(partition))
+            release = self._release_from_sinks(partition, state.task)
+            if release is not None and state.task is not asyncio.current_task():
+                await asyncio.wait({release})
             return
         if state.task is not None:
             await asyncio.wait({state.task})
-        await self._until_idle(state.tracker.idle)
+        # Lost meanwhile (a Kafka revoke that ran out of time, a rejected checkpoint): nothing to wait for.
+        await self._until_idle(lambda: state.lost or state.tracker.idle())
+        if state.lost:
+            return
         await self._checkpoint(partition, state)
         # Gone already if the checkpoint was rejected (revoked as lost) or the partition ended meanwhile.
         if self._partitions.get(partition) is state:
             del self._partitions[partition]
         self.metrics.leases_held = len(self.held_partitions)
+        if not state.lost:
+            await self._revoke_in_sinks(partition)
         log.info("partition released", partition=str(partition))
 
-    async def _consume(self, state: _PartitionState) -> None:
-        reader, tracker = state.reader, state.tracker
-        chain = self.pipeline.chain
+    def _release_from_sinks(self, partition: Partition, task: asyncio.Task[None] | None) -> asyncio.Task[None] | None:
+        """Once the lost partition's task has stopped, have every sink drop what it holds of the partition.
+
+        A task of its own: a partition task whose checkpoint is rejected revokes its own partition, and
+        must not wait for its own end."""
+        previous = self._releasing.get(partition)
+
+        async def release() -> None:
+            for earlier in (previous, task):
+                if earlier is not None:
+                    await asyncio.wait({earlier})
+            await self._revoke_in_sinks(partition)
+            if self._releasing.get(partition) is asyncio.current_task():
+                del self._releasing[partition]
+
+        if self._tg is None:
+            return None  # the pipeline is closing: its sinks are closed with whatever they hold
         try:
+            release_task = self._tg.create_task(release(), name=f"revoke:{partition}")
+        except RuntimeError:  # the task group is finishing (a failure): same as closing
+            release().close()
+            return None
+        self._releasing[partition] = release_task
+        return release_task
+
+    async def _revoke_in_sinks(self, partition: Partition) -> None:
+        """The sinks and the dead-letter queue drop what they hold of ``partition``, unwritten."""
+        for sink in self.sinks:
+            await sink.revoke([partition])
+        if self.pipeline.dead_letters is not None:
+            await self.pipeline.dead_letters.revoke([partition])
+
+    async def _consume(self, state: _PartitionState) -> None:
+        reader = state.reader
+        try:
+            releasing = self._releasing.get(reader.partition)
+            if releasing is not None:
+                # An earlier reader of this partition was lost: its records must be out of the sinks
+                # before the replay goes in, or a sink could append the replay to them.
+                await asyncio.wait({releasing})
             async for source_batch in reader.batches():
-                batch = source_batch.batch
-                nbytes = batch.total_bytes()
-                await self._budget.acquire(nbytes)
-                ticket = tracker.open(source_batch.positions, nbytes, self._on_ticket_done)
-                batch.ticket = ticket
-                self.metrics.records_in(reader.partition, len(batch), nbytes)
-                try:
-                    if source_batch.failed:
-                        batch = await self._dead_letter_unreadable(batch, source_batch.failed)
-                    began = time.perf_counter()
-                    outputs, failures = await chain.run(batch) if len(batch) else ([], [])
-                    self.metrics.processed(reader.partition, sum(map(len, outputs)), time.perf_counter() - began)
-                    await self._route(ticket, outputs, failures)
-                except asyncio.CancelledError:
-                    # A lost partition: nothing of this batch will be checkpointed, free its bytes.
-                    ticket.abandon()
-                    raise
-                ticket.release_processing()
+                work = self._process(state, source_batch)
+                # The coroutine alone holds the batch, so its records die when it is done with them.
+                del source_batch
+                await work
             if reader.reached_end and not reader.stopping.is_set():
                 await self._finish_partition(state)
         finally:
             self._partition_ended.set()
+
+    async def _process(self, state: _PartitionState, source_batch: SourceBatch) -> None:
+        """One source batch through the chain to the sinks. Its locals (decoded values, outputs) die on
+        return, so the next fetch does not wait while holding them."""
+        reader, tracker = state.reader, state.tracker
+        batch, positions, failed = source_batch.batch, source_batch.positions, source_batch.failed
+        del source_batch
+        payload_bytes = batch.total_bytes()
+        # The positions stay with the ticket until the batch is finished: they count too.
+        fetched = batch_footprint(batch) + sampled_size(positions)
+        expansion = self._expansion
+        try:
+            reserved = await expansion.reserve(fetched)
+            await self._budget.acquire(reserved)
+        except BaseException:
+            expansion.unblock()
+            raise
+        ticket = tracker.open(positions, reserved, self._on_ticket_done)
+        batch.ticket = ticket
+        self.metrics.records_in(reader.partition, len(batch), payload_bytes)
+        try:
+            if failed:
+                batch = await self._dead_letter_unreadable(batch, failed)
+            began = time.perf_counter()
+            outputs, failures = await self.pipeline.chain.run(batch) if len(batch) else ([], [])
+            self.metrics.processed(reader.partition, sum(map(len, outputs)), time.perf_counter() - began)
+            del batch  # the source payloads live on only where outputs still share them
+            deliveries = self._deliveries(outputs)
+            del outputs
+            # From here on the ticket's records hold what the sinks and the dead-letter queue keep.
+            held = footprint([sub for _, sub in deliveries] + [f.batch for f in failures])
+            held += sampled_size(positions)
+            expansion.observe(fetched, held)
+            await self._resize(ticket, held)
+            await self._route(ticket, deliveries, failures)
+        except asyncio.CancelledError:
+            # A lost partition: nothing of this batch will be checkpointed, free its bytes.
+            ticket.abandon()
+            raise
+        finally:
+            expansion.unblock()
+        ticket.release_processing()
+
+    async def _resize(self, ticket: AckTicket, nbytes: int) -> None:
+        """Re-account a ticket whose batches changed shape: growth waits (ahead of fetches), shrinking
+        gives bytes back at once."""
+        delta = nbytes - ticket.nbytes
+        if delta > 0:
+            await self._budget.grow(delta, held=ticket.nbytes)
+        elif delta < 0:
+            self._budget.release(-delta)
+        ticket.nbytes = nbytes
 
     async def _finish_partition(self, state: _PartitionState) -> None:
         """A closed partition was read to its end: once everything is finished, checkpoint and let the
@@ -357,6 +446,8 @@ class Runtime:
         if self._partitions.get(partition) is state:
             del self._partitions[partition]
         self.metrics.leases_held = len(self.held_partitions)
+        if not state.lost:
+            await self._revoke_in_sinks(partition)  # nothing is buffered; sinks forget its state
         log.info("partition ended", partition=str(partition))
 
     async def _dead_letter_unreadable(self, batch: RecordBatch, failed: dict[int, str]) -> RecordBatch:
@@ -371,13 +462,24 @@ class Runtime:
         self._budget.release(ticket.nbytes)
         self._ticket_done.set()
 
-    async def _route(self, ticket: AckTicket, outputs: list[RecordBatch], failures: list[Failure]) -> None:
+    def _deliveries(self, outputs: list[RecordBatch]) -> list[tuple[Sink, RecordBatch]]:
+        """Each output's records for each sink whose predicate selects them, in the form the sink keeps
+        (payload bytes only for a sink that writes bytes: decoded values are released here)."""
+        deliveries: list[tuple[Sink, RecordBatch]] = []
         for out in outputs:
             for route in self.pipeline.routes:
                 sub = out if route.predicate is None else out.select(route.predicate(out))
                 if len(sub):
-                    ticket.hold(sub.origin, sub.origin_unique)
-                    await route.sink.submit(sub)
+                    deliveries.append((route.sink, sub if route.sink.keeps_values else sub.encoded()))
+        return deliveries
+
+    async def _route(
+        self, ticket: AckTicket, deliveries: list[tuple[Sink, RecordBatch]], failures: list[Failure]
+    ) -> None:
+        """Hand deliveries to their sinks and failures to the dead-letter queue."""
+        for sink, sub in deliveries:
+            ticket.hold(sub.origin, sub.origin_unique)
+            await sink.submit(sub)
         for failure in failures:
             await self.dead_letter(failure, log_it=False)
         if failures:
@@ -429,6 +531,8 @@ class Runtime:
                 await self._checkpoint(partition, state)
 
     async def _checkpoint(self, partition: Partition, state: _PartitionState) -> None:
+        if state.lost:
+            return  # another worker owns it now; late acknowledgements of its records prove nothing here
         position: Any = state.tracker.checkpoint_position()
         if position is None:
             return
@@ -441,6 +545,11 @@ class Runtime:
             except CheckpointRejected as exc:
                 log.warning("checkpoint rejected; partition lost", partition=str(partition), error=str(exc))
                 await self.revoke(partition, graceful=False)
+                return
+            except CheckpointDeferred as exc:
+                # Not written: not remembered as saved either, so the next interval writes it even if the
+                # position has not moved (the end of a quiet shard would otherwise never be checkpointed).
+                log.warning("checkpoint not written; retried next interval", partition=str(partition), error=str(exc))
                 return
         self._last_saved[partition] = checkpoint
         self.metrics.checkpointed(partition)

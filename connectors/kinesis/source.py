@@ -37,7 +37,7 @@ from streamkit.connectors.kinesis.reader import ReadSettings, ShardReader, Start
 from streamkit.batch import Partition
 from streamkit.checkpoint import CheckpointStore
 from streamkit.config import AwsSettings, PositiveInt, PositiveSeconds, Size
-from streamkit.errors import CheckpointRejected, ConfigError
+from streamkit.errors import CheckpointDeferred, CheckpointRejected, ConfigError
 from streamkit.retry import RetryPolicy
 from streamkit.share import process_share
 from streamkit.source import PartitionHost, Source
@@ -120,9 +120,9 @@ class LeaseCheckpointStore(CheckpointStore):
             if not exc.retryable:
                 raise
             # DynamoDB throttled or failed beyond the lease table's retries. The lease is still ours (or the
-            # renewals will find out it is not): skip this checkpoint instead of stopping the worker. The next
-            # one covers these records; if none comes, they are read again (at-least-once, never lost).
-            log.warning("checkpoint not written; the next one will cover it", partition=str(partition), error=str(exc))
+            # renewals will find out it is not): the runtime writes this checkpoint again at the next
+            # interval instead of stopping the worker (at-least-once, never lost).
+            raise CheckpointDeferred(str(exc)) from exc
 
 
 class KinesisSource(Source):

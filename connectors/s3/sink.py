@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import structlog
@@ -99,6 +100,9 @@ class S3Sink(Sink):
             self.partitioner = compile_partitioner(options.partition_template, hive=options.hive)
         except TemplateError as exc:
             raise ConfigError(f"{where}.partition_template", str(exc)) from None
+        # NDJSON objects are written from payload bytes; values are read only by a partition template's
+        # fields and by the Avro and Parquet writers. Otherwise the runtime releases them before submit.
+        self.keeps_values = options.format != "ndjson" or bool(self.partitioner.fields)
         self._new_writer, sample = writer_factory(options, env, where)
         self.extension = sample.extension
         self.content_type = sample.content_type
@@ -118,7 +122,8 @@ class S3Sink(Sink):
         self.stats = S3SinkStats()
         self._shards: dict[Partition, _Shard] = {}
         self._closing: dict[asyncio.Task[None], Segment] = {}
-        self._errors: list[BaseException] = []
+        self._errors: list[tuple[Partition, BaseException]] = []
+        """Errors of segment writes, with the source partition of the segment."""
         self._failed = asyncio.Event()
         self._wake = asyncio.Event()
 
@@ -221,9 +226,10 @@ class S3Sink(Sink):
         return task
 
     def _closed(self, task: asyncio.Task[None]) -> None:
-        self._closing.pop(task, None)
-        if not task.cancelled() and task.exception() is not None:
-            self._errors.append(task.exception())  # type: ignore[arg-type]
+        segment = self._closing.pop(task, None)
+        error = None if task.cancelled() else task.exception()
+        if error is not None and segment is not None:
+            self._errors.append((segment.partition, error))
             self._failed.set()
 
     def _totals(self) -> tuple[int, int]:
@@ -322,7 +328,48 @@ class S3Sink(Sink):
 
     def _raise_error(self) -> None:
         if self._errors:
-            raise self._errors[0]
+            raise self._errors[0][1]
+
+    # -- partitions that moved away --------------------------------------------------------------
+    async def revoke(self, partitions: Collection[Partition]) -> None:
+        """Drop the open segment and the segments being written of each partition, never writing them.
+
+        Their records are not acknowledged: the next owner (or the next Lambda invocation) replays them
+        from the checkpoint, and since segments are cut deterministically from the checkpoint on, the
+        replay writes the same keys. Kept, the open segment would receive that replay after its own
+        records: an object whose order runs backwards under a key whose positions are wrong."""
+        gone = set(partitions)
+        dropped: list[Segment] = []
+        for partition in gone:
+            shard = self._shards.get(partition)
+            if shard is None:
+                continue
+            async with shard.lock:
+                if shard.segments.segment is not None:
+                    dropped.append(shard.segments.segment)
+                    shard.segments.segment = None
+                if self._shards.get(partition) is shard:
+                    del self._shards[partition]
+        writing = [task for task, segment in self._closing.items() if segment.partition in gone]
+        for task in writing:
+            dropped.append(self._closing[task])
+            task.cancel()
+        if writing:
+            await asyncio.wait(writing)
+        for segment in dropped:
+            await self._abort(segment)  # parts of a streamed object: never completed
+        self._errors = [(partition, error) for partition, error in self._errors if partition not in gone]
+        if not self._errors:
+            self._failed.clear()
+        records = sum(s.records + s.pending_records for s in dropped)
+        if records:
+            log.info(
+                "revoked partitions: unwritten s3 segments dropped",
+                sink=self.name,
+                partitions=sorted(map(str, gone)),
+                segments=len(dropped),
+                records=records,
+            )
 
     # -- writing objects -------------------------------------------------------------------------
     def _key(self, partition: Partition, obj: OpenObject, last: PositionLike) -> str:
