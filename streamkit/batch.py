@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from streamkit.json_bytes import dumps_all
 
@@ -209,7 +210,7 @@ class RecordBatch:
 
         What a sink that writes bytes keeps until its write: a buffer of these holds no dicts alive.
         """
-        if self._values is None:
+        if self._values is None and not self._values_on_demand:
             return self
         return self._derive(
             payloads=self.payloads,

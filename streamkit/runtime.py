@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import gc
 import time
 from collections.abc import Callable
@@ -39,7 +37,7 @@ log = structlog.get_logger("streamkit.runtime")
 
 
 def tune_gc() -> None:
-    """Make the cyclic garbage collector run less often, and glibc keep freed heap memory for reuse.
+    """Make the cyclic garbage collector run less often.
 
     Batches of decoded records allocate millions of small dicts that die young and hold no cycles; with
     CPython's default threshold (700 allocations) the collector keeps scanning the batches in flight and
@@ -51,29 +49,6 @@ def tune_gc() -> None:
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(max(gc.get_threshold()[0], 50_000), gen1, gen2)
-    _keep_freed_heap()
-
-
-M_TRIM_THRESHOLD = -1
-"""glibc's mallopt parameter number (malloc.h)."""
-TRIM_THRESHOLD_BYTES = 64 * 2**20
-
-
-def _keep_freed_heap() -> None:
-    """Let glibc keep up to 64 MiB of freed memory at the top of its heap instead of 128 KiB.
-
-    ``orjson.dumps`` allocates a ~1 KiB buffer per call and shrinks it to the output's size. With the outputs
-    of a batch kept (as every pipeline keeps them for its sink), the free space at the heap's top keeps
-    crossing glibc's default trim threshold, and nearly every call returns memory to the system and takes
-    it back, two system calls: 1.7 us per dumps against 0.2-0.3 us with a 64 MiB threshold (10,000 projected
-    records, this machine). The memory stays in the process for reuse (``malloc_trim`` still returns it).
-    Elsewhere than glibc this does nothing.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass
