@@ -92,12 +92,12 @@ def _latency_sink(built: Any) -> list[float]:
 async def _write_steadily(aws: AwsSettings, stream: str, rate: float, duration_s: float) -> int:
     """PutRecords 20 times a second at ``rate`` records/s in all, keys spread over the shards; returns how
     many were written (fewer than asked when the emulator cannot keep up: the table shows the rate reached)."""
-    from aiobotocore.session import get_session
+    from streamkit.connectors.aws_clients import AwsClient
 
     per_call = max(1, round(rate / 20))
     interval = per_call / rate
     written = 0
-    async with get_session().create_client("kinesis", **aws.client_kwargs("kinesis")) as kinesis:
+    async with AwsClient(aws, "kinesis") as kinesis:
         start = time.monotonic()
         while time.monotonic() - start < duration_s:
             entries = [{"Data": b'{"n":%d}' % (written + i), "PartitionKey": str(written + i)} for i in range(per_call)]
@@ -162,9 +162,9 @@ async def _drained(seen: list[float], written: int, task: asyncio.Task[Any]) -> 
 
 
 def _control(aws: AwsSettings) -> Any:
-    from aiobotocore.session import get_session
+    from streamkit.connectors.aws_clients import AwsClient
 
-    return get_session().create_client("kinesis", **aws.client_kwargs("kinesis"))
+    return AwsClient(aws, "kinesis")
 
 
 def measure_latency(shards: int, rate: float, duration_s: float) -> list[LatencyFigures]:

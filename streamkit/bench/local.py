@@ -65,9 +65,9 @@ def use_dummy_credentials() -> None:
 
 
 def _client(aws: AwsSettings, service: str) -> Any:
-    from aiobotocore.session import get_session
+    from streamkit.connectors.aws_clients import AwsClient
 
-    return get_session().create_client(service, **aws.client_kwargs(service))
+    return AwsClient(aws, service)
 
 
 async def create_loaded_stream(aws: AwsSettings, stream: str, shards: int, records: int) -> LocalInput:
