@@ -41,7 +41,7 @@ from streamkit.batch import Partition
 from streamkit.checkpoint import CheckpointStore
 from streamkit.config import AwsSettings, PositiveInt, PositiveSeconds, Size
 from streamkit.errors import CheckpointDeferred, CheckpointRejected, ConfigError
-from streamkit.retry import RetryPolicy
+from streamkit.retry import RetryPolicy, retry
 from streamkit.share import process_share
 from streamkit.source import PartitionHost, Source
 
@@ -362,25 +362,25 @@ class KinesisSource(Source):
             for c in children
         ]
         self._readers.pop(lease_key, None)
-        attempt = 0
-        budget = self.options.retry.budget()
-        while True:
-            try:
-                await self.coordinator.finish_shard(lease_key, infos)
-                break
-            except LeaseLostError as exc:
-                # Fenced at the very end: the new owner reads the shard's tail again and finishes it.
-                log.warning(
-                    "shard ended but its lease was lost; the new owner finishes it", shard=lease_key, error=str(exc)
-                )
-                return
-            except LeaseTableError as exc:
-                # Until SHARD_END is written the children cannot be read: keep trying (the lease stays renewed).
-                attempt += 1
-                if not exc.retryable or budget.exhausted(attempt):
-                    raise
-                log.warning("could not mark the shard's end yet; retrying", shard=lease_key, error=str(exc))
-                await asyncio.sleep(budget.delay(attempt))
+        coordinator = self.coordinator
+
+        def retrying(exc: BaseException, attempt: int) -> None:
+            log.warning("could not mark the shard's end yet; retrying", shard=lease_key, error=str(exc))
+
+        try:
+            # Until SHARD_END is written the children cannot be read: keep trying (the lease stays renewed).
+            await retry(
+                lambda: coordinator.finish_shard(lease_key, infos),
+                lambda exc: isinstance(exc, LeaseTableError) and exc.retryable,
+                self.options.retry,
+                retrying,
+            )
+        except LeaseLostError as exc:
+            # Fenced at the very end: the new owner reads the shard's tail again and finishes it.
+            log.warning(
+                "shard ended but its lease was lost; the new owner finishes it", shard=lease_key, error=str(exc)
+            )
+            return
         log.info("shard ended", shard=lease_key, children=[c.shard_id for c in children])
 
     # -- shard discovery -------------------------------------------------------------------------
