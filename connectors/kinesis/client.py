@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from aiobotocore.session import AioSession
 from streamkit.connectors.aws_clients import KINESIS_CLIENT_OPTIONS, AwsClient, ClientOptions
 from streamkit.connectors.kinesis.decode import DecodedRecords, decode_get_records
 
@@ -33,9 +34,13 @@ class KinesisClient:
     Use as an async context manager.
     """
 
-    def __init__(self, aws: AwsSettings, options: ClientOptions = KINESIS_CLIENT_OPTIONS) -> None:
+    def __init__(
+        self, aws: AwsSettings, options: ClientOptions = KINESIS_CLIENT_OPTIONS, *, session: AioSession | None = None
+    ) -> None:
+        """``session``: an aiobotocore session to create the client from (e.g. one acting as an assumed role);
+        default a new session on the standard credential chain."""
         self.aws = aws
-        self._aws = AwsClient(aws, "kinesis", options)
+        self._aws = AwsClient(aws, "kinesis", options, session=session)
         self._aws.register("before-parse.kinesis.GetRecords", _keep_raw_body)
         self.client: Any = None
 
