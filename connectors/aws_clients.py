@@ -1,7 +1,10 @@
 """AWS clients for connectors: one way to create them, configure them and classify their errors.
 
-Every AWS connector gets its aiobotocore client from :class:`AwsClient`, so timeouts, connection pools and
-the SDK's own retries are the same everywhere and an endpoint from ``aws.endpoints`` is always honoured.
+Every aiobotocore client streamkit creates comes from :class:`AwsClient` (the Kinesis source's through
+``KinesisClient``, the lease table's with :func:`lease_table_options`), so timeouts, connection pools and the
+SDK's own retries are explicit everywhere and an endpoint from ``aws.endpoints`` is always honoured. Errors
+are classified here once (:func:`transient_reason`, :func:`is_throttling`, :func:`is_access_error`); a
+connector adds only the codes its service documents as its own. Retrying is :mod:`streamkit.retry`'s job.
 
 - Credentials come only from the standard chain (environment, shared files, container or instance role).
   Nothing here accepts, stores or logs them; messages name the service, the region and the endpoint only.
