@@ -15,7 +15,8 @@ from itertools import compress
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import orjson
+
+from streamkit.json_bytes import dumps_all
 
 # Partition and the array aliases live in a leaf module that acks.py imports too (no acks <-> batch
 # cycle); the explicit aliases re-export them, so `from streamkit.batch import Partition` keeps working.
@@ -169,14 +170,41 @@ class RecordBatch:
     def payloads(self) -> list[bytes]:
         """The records as bytes: the source bytes, or the values encoded as JSON if they were replaced."""
         if self._payloads is None:
-            dumps = orjson.dumps
-            self._payloads = [dumps(v) for v in self.values]
+            self._payloads = dumps_all(self.values)
         return self._payloads
 
     @property
     def has_payloads(self) -> bool:
         """True when bytes are at hand without encoding (source bytes, or an encoder ran)."""
         return self._payloads is not None
+
+    @property
+    def payloads_held(self) -> list[bytes] | None:
+        """The payload list if the batch holds one (no encoding), else None: for measuring memory."""
+        return self._payloads
+
+    @property
+    def values_held(self) -> list[Any] | None:
+        """The decoded values if the batch holds them, else None: for measuring memory."""
+        return self._values
+
+    def encoded(self) -> RecordBatch:
+        """The same records as payload bytes only (encoding values if needed), decoded values released.
+
+        What a sink that writes bytes keeps until its write: a buffer of these holds no dicts alive.
+        """
+        if self._values is None:
+            return self
+        return self._derive(
+            payloads=self.payloads,
+            values=None,
+            keys=self.keys,
+            arrival_ms=self.arrival_ms,
+            event_ms=self.event_ms,
+            headers=self.headers,
+            origin=self.origin,
+            origin_unique=self.origin_unique,
+        )
 
     def sizes(self) -> Int64Array:
         """Byte size of every record's payload (encoding values first if needed)."""
