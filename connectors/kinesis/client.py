@@ -31,12 +31,12 @@ def _keep_raw_body(response_dict: dict[str, Any], customized_response_dict: dict
 class KinesisClient:
     """An aiobotocore Kinesis client plus the raw GetRecords path. Use as an async context manager."""
 
-    def __init__(self, aws: AwsSettings, *, max_pool_connections: int = 64) -> None:
+    def __init__(self, aws: AwsSettings, *, max_pool_connections: int = 64, read_timeout: float = 30) -> None:
         self.aws = aws
         self._config = Config(
             retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=5,
-            read_timeout=30,
+            read_timeout=read_timeout,
             max_pool_connections=max_pool_connections,
         )
         self._stack = AsyncExitStack()

@@ -10,7 +10,7 @@ is renewed at the last record handed to the runtime (AT_SEQUENCE_NUMBER, skippin
 skipped or read twice; a reader that started at LATEST and delivered nothing yet renews AT_TIMESTAMP just
 before its first iterator instead of at a new LATEST, which would skip what arrived meanwhile.
 
-A fetcher for enhanced fan-out (SubscribeToShard) would replace :meth:`ShardReader._responses` only:
+The enhanced fan-out reader (:mod:`efo`, SubscribeToShard) replaces :meth:`ShardReader._responses` only:
 everything after a response (deaggregation, positions, end of shard) is shared.
 """
 

@@ -31,6 +31,7 @@ from streamkit.connectors.dynamodb import (
 )
 from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import ChildShard
+from streamkit.connectors.kinesis.efo import FanOut, FanOutOptions
 from streamkit.connectors.kinesis.positions import KinesisPosition, checkpoint_for, parse_checkpoint
 from streamkit.connectors.kinesis.reader import ReadSettings, ShardReader, StartAt
 
@@ -74,6 +75,9 @@ class KinesisSourceOptions(msgspec.Struct, forbid_unknown_fields=True):
     retry: RetryPolicy = RetryPolicy(max_elapsed_s=0, base_delay_s=0.2, max_delay_s=10.0)
     """Kinesis and lease-table calls are retried until shutdown by default (max_elapsed_s 0): a stream
     outage pauses reading, and nothing is lost by waiting."""
+    consumer: Literal["polling", "efo"] = "polling"
+    """polling: GetRecords, shared read limits. efo: enhanced fan-out (SubscribeToShard), see ``efo``."""
+    efo: FanOutOptions = msgspec.field(default_factory=FanOutOptions)
 
 
 def _validate(options: KinesisSourceOptions, where: str) -> None:
@@ -149,6 +153,8 @@ class KinesisSource(Source):
         )
         self.coordinator: LeaseCoordinator | None = None
         self.kinesis: KinesisClient | None = None
+        self.fan_out: FanOut | None = None
+        """The enhanced fan-out consumer and its subscription client (``consumer: efo``), once started."""
         self.dynamodb: Any = None
         """The lease table's aiobotocore DynamoDB client, once started."""
         self._store = LeaseCheckpointStore(self)
@@ -178,6 +184,14 @@ class KinesisSource(Source):
         except Exception as exc:
             await self._stack.aclose()
             raise ConfigError("source.stream", f"cannot read stream {self.options.stream!r}: {exc}") from None
+        if self.options.consumer == "efo":
+            try:
+                self.fan_out = await FanOut.start(
+                    self._stack, self.aws, self.kinesis, self.options.stream, self.options.efo, self.table_name
+                )
+            except BaseException:
+                await self._stack.aclose()
+                raise
         dynamodb = await self._stack.enter_async_context(
             get_session().create_client("dynamodb", **self.aws.client_kwargs("dynamodb"))
         )
@@ -297,6 +311,17 @@ class KinesisSource(Source):
         if lease.starting_hash_key is not None and lease.ending_hash_key is not None:
             hash_range = (int(lease.starting_hash_key), int(lease.ending_hash_key))
         partition = Partition(self.name, lease.lease_key)
+        if self.fan_out is not None:
+            return self.fan_out.reader(
+                partition,
+                self.options.stream,
+                start,
+                self.settings,
+                hash_range=hash_range,
+                on_end=lambda children: self._shard_ended(lease.lease_key, children),
+                on_lag=lambda ms: self._lag(partition, ms),
+                totals=self.read_counts,
+            )
         return ShardReader(
             partition,
             self.kinesis,
