@@ -24,10 +24,11 @@ import structlog
 
 from streamkit.acks import AckTicket
 from streamkit.batch import BoolArray, Partition, RecordBatch
+from streamkit.chain import Chain
 from streamkit.deadletter import DeadLetterQueue
 from streamkit.errors import ProcessingError
 from streamkit.metrics import Metrics
-from streamkit.processor import Chain, Failure
+from streamkit.processor import Failure
 from streamkit.sink import Sink
 
 __all__ = ["Delivery", "Dispatch", "Route"]

@@ -23,6 +23,7 @@ import structlog
 from streamkit.acks import AckTicket, PartitionTracker
 from streamkit.backpressure import ByteBudget, Expansion
 from streamkit.batch import Partition, RecordBatch
+from streamkit.chain import Chain
 from streamkit.checkpoint import CheckpointStore
 from streamkit.config import RuntimeSettings
 from streamkit.deadletter import DeadLetterQueue
@@ -31,7 +32,7 @@ from streamkit.dispatch import Route as Route  # defined with the dispatch step;
 from streamkit.errors import CheckpointDeferred, CheckpointRejected
 from streamkit.footprint import batch_footprint, footprint, sampled_size
 from streamkit.metrics import Metrics
-from streamkit.processor import Chain, Failure
+from streamkit.processor import Failure
 from streamkit.sink import Sink
 from streamkit.source import PartitionReader, Source, SourceBatch
 

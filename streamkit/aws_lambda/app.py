@@ -25,10 +25,11 @@ from streamkit.acks import AckTicket, PartitionTracker
 from streamkit.aws_lambda.events import EventPartition, decode_event
 from streamkit.aws_lambda.pipeline import LambdaOptions, PipelineSpec, load, resolve_record_errors
 from streamkit.batch import BoolArray, RecordBatch
+from streamkit.chain import Chain
 from streamkit.deadletter import DeadLetterQueue
 from streamkit.dispatch import Dispatch
 from streamkit.emf import EmfReporter
-from streamkit.processor import Chain, Failure
+from streamkit.processor import Failure
 from streamkit.runtime import Pipeline, tune_gc
 from streamkit.sink import BufferOptions, Sink
 
