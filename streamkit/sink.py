@@ -33,13 +33,19 @@ if TYPE_CHECKING:
 
 
 class FailureTarget(Protocol):
-    """What a sink needs from the dead-letter queue it is bound to: somewhere to hand records it gave up on.
+    """What a sink needs from the dead-letter queue it is bound to: somewhere to hand records it gave up on,
+    and a way to have them written now.
 
     A protocol rather than :class:`~streamkit.deadletter.DeadLetterQueue` itself, which is built on this
     module's BufferedWriter: naming it here would make the two modules import each other.
     """
 
     async def submit(self, failure: Failure) -> None: ...
+
+    async def flush(self) -> None:
+        """Write what was submitted; a sink that must not move past records before they are stored (a
+        commit that advances a ledger) waits for this."""
+        ...
 
 
 Item = TypeVar("Item")
