@@ -145,7 +145,15 @@ def expand(
     KplDecodeError (``malformed="raise"``) or stays one record listed in ``failures``
     (``malformed="fail_record"``), so one producer fault does not stop the records around it.
     """
-    out = Expanded([], [], [], [], [], [], [], 0, {})
+    # Local lists, not the tuple's attributes: this loop runs once per Kinesis record.
+    out_payloads: list[bytes] = []
+    out_sequences: list[str] = []
+    out_subs: list[int] = []
+    out_keys: list[str] = []
+    out_ehks: list[str | None] = []
+    counts: list[int] = []
+    aggregated: list[bool] = []
+    failures: dict[int, str] = {}
     dropped = 0
     for payload, sequence, key in zip(payloads, sequence_numbers, partition_keys, strict=True):
         users = None
@@ -155,26 +163,26 @@ def expand(
             except KplDecodeError as exc:
                 if malformed == "raise":
                     raise
-                out.failures[len(out.payloads)] = str(exc)
+                failures[len(out_payloads)] = str(exc)
         if users is None:
-            out.payloads.append(payload)
-            out.sequence_numbers.append(sequence)
-            out.sub_sequence_numbers.append(0)
-            out.partition_keys.append(key)
-            out.explicit_hash_keys.append(None)
-            out.counts.append(1)
-            out.aggregated.append(False)
+            out_payloads.append(payload)
+            out_sequences.append(sequence)
+            out_subs.append(0)
+            out_keys.append(key)
+            out_ehks.append(None)
+            counts.append(1)
+            aggregated.append(False)
             continue
         kept = len(users.payloads)
-        out.payloads.extend(users.payloads)
-        out.sequence_numbers.extend(repeat(sequence, kept))
-        out.sub_sequence_numbers.extend(users.sub_sequence_numbers)
-        out.partition_keys.extend(users.partition_keys)
-        out.explicit_hash_keys.extend(users.explicit_hash_keys)
-        out.counts.append(kept)
-        out.aggregated.append(True)
+        out_payloads.extend(users.payloads)
+        out_sequences.extend(repeat(sequence, kept))
+        out_subs.extend(users.sub_sequence_numbers)
+        out_keys.extend(users.partition_keys)
+        out_ehks.extend(users.explicit_hash_keys)
+        counts.append(kept)
+        aggregated.append(True)
         dropped += users.dropped
-    return out._replace(dropped=dropped)
+    return Expanded(out_payloads, out_sequences, out_subs, out_keys, out_ehks, counts, aggregated, dropped, failures)
 
 
 def effective_hash_key(partition_key: str, explicit_hash_key: str | None) -> int:
