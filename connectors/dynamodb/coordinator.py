@@ -114,6 +114,10 @@ class TakePlan:
     steal: list[str]
     target: int
     active_workers: int
+    active: frozenset[str] = frozenset()
+    """The active workers (me included); ``active_workers`` is its size."""
+    candidates: int = 0
+    """Leases that count in the balance (not finished)."""
 
 
 def plan_takes(
@@ -193,7 +197,14 @@ def plan_takes(
         load[victim] -= 1
         mine += 1
         need -= 1
-    return TakePlan(take=take, steal=steal, target=target, active_workers=len(active))
+    return TakePlan(
+        take=take,
+        steal=steal,
+        target=target,
+        active_workers=len(active),
+        active=frozenset(active),
+        candidates=len(candidates),
+    )
 
 
 def _ancestors_of_started(shards: Sequence[ShardInfo], leases: dict[str, Lease], prefix: str) -> set[str]:
@@ -233,6 +244,33 @@ def _most_loaded(load: Counter[str], stealable: dict[str, list[str]]) -> str | N
         keys.sort()
     # Ties go to the smallest worker id, so concurrent stealers pick the same victim and the same leases.
     return min(candidates, key=lambda worker: (-load[worker], worker))
+
+
+class _TakeBudget:
+    """The share one taker pass aims at, lowered as the pass discovers workers its scan did not show.
+
+    Workers that start together all scan a table nobody owns yet: each sees itself alone, plans to take every
+    lease, and without this they would send (workers x leases) conditional writes, nearly all failing. A
+    failed take returns the lease's new owner; every new owner lowers the target, and takes beyond it are
+    skipped. Steals are left to the next pass, which sees the real fleet.
+    """
+
+    def __init__(self, plan: TakePlan, max_leases: int | None) -> None:
+        self._active = set(plan.active)
+        self._count = max(len(plan.active), 1)
+        self._candidates = plan.candidates
+        self._max_leases = max_leases
+
+    def saw(self, owner: str | None) -> None:
+        if owner is not None and owner not in self._active:
+            self._active.add(owner)
+            self._count += 1
+
+    def room(self, holding: int) -> bool:
+        target = math.ceil(self._candidates / self._count)
+        if self._max_leases is not None:
+            target = min(target, self._max_leases)
+        return holding < target
 
 
 # --- the coordinator ------------------------------------------------------------------------------------------
@@ -591,6 +629,7 @@ class LeaseCoordinator:
         expired = self._tracker.expired(now)
         # A hand-off we asked for that the owner did not complete in failover_time: take it as expired.
         expired |= {key for key, asked in self._incoming.items() if now - asked > self._failover_time}
+        reclaims = {lease.lease_key for lease in leases if lease.lease_owner == self._worker_id}
         plan = plan_takes(
             leases,
             self._worker_id,
@@ -608,7 +647,11 @@ class LeaseCoordinator:
                 target=plan.target,
                 workers=plan.active_workers,
             )
-        actions = [functools.partial(self._take, self._view[key]) for key in plan.take]
+        budget = _TakeBudget(plan, self._max_leases)
+        actions = [
+            functools.partial(self._take, self._view[key], budget=None if key in reclaims else budget)
+            for key in plan.take
+        ]
         actions += [functools.partial(self._steal, self._view[key]) for key in plan.steal]
         actions += [functools.partial(self._delete_finished, lease) for lease in self._finished_to_delete(leases, now)]
         await self._bounded(actions)
@@ -660,9 +703,11 @@ class LeaseCoordinator:
             self._view.pop(seen.lease_key, None)
             log.info("lease.deleted_finished", worker=self._worker_id, lease_key=seen.lease_key)
 
-    async def _take(self, seen: Lease) -> None:
+    async def _take(self, seen: Lease, budget: _TakeBudget | None = None) -> None:
         key = seen.lease_key
         if key in self._taking or key in self._held:
+            return
+        if budget is not None and not budget.room(len(self._held) + len(self._taking)):
             return
         self._taking.add(key)
         try:
@@ -670,6 +715,8 @@ class LeaseCoordinator:
             lease = await self._table.take(seen, self._worker_id)
         except LeaseContendedError as contended:
             log.debug("lease.take_contended", worker=self._worker_id, lease_key=key, detail=str(contended))
+            if budget is not None and contended.current is not None:
+                budget.saw(contended.current.actual_owner)
             return
         except LeaseTableError as error:
             self._tolerate(error, "take", key)

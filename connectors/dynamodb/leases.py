@@ -140,7 +140,14 @@ class LeaseLostError(LeaseError):
 
 
 class LeaseContendedError(LeaseError):
-    """A take, steal or hand-off request lost a race: the lease changed since it was read."""
+    """A take, steal or hand-off request lost a race: the lease changed since it was read.
+
+    ``current`` is the lease as it is now (DynamoDB returns it with the failed condition), None if unknown.
+    """
+
+    def __init__(self, message: str, *, lease_key: str, worker_id: str, current: Lease | None = None) -> None:
+        super().__init__(message, lease_key=lease_key, worker_id=worker_id)
+        self.current = current
 
 
 class LeaseTableError(Exception):
@@ -873,6 +880,7 @@ def _contended(action: str, seen: Lease, worker_id: str, current: Lease | None) 
         f"(seen owner {seen.lease_owner!r} at counter {seen.lease_counter}; {_describe_owner(current)})",
         lease_key=seen.lease_key,
         worker_id=worker_id,
+        current=current,
     )
 
 
