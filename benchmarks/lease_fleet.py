@@ -29,6 +29,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import time
 import uuid
@@ -240,6 +241,8 @@ def _parse(argv: Sequence[str]) -> tuple[FleetSettings, bool]:
 def main(argv: Sequence[str] | None = None) -> int:
     settings, as_json = _parse(sys.argv[1:] if argv is None else argv)
     configure_logs("console", "WARNING")  # thousands of takes and hand-offs: keep only what went wrong
+    # On SIGTERM unwind normally, so the moto server is stopped by its context manager.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     with MotoServer.start() as moto:
         figures = asyncio.run(simulate(moto.endpoint_url, settings, log=lambda line: print(line, flush=True)))

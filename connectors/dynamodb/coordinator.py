@@ -136,7 +136,8 @@ def plan_takes(
     * Active workers are the owners (and hand-off senders) of live leases, plus ``me``; the target share is
       ceil(leases / active workers), capped by ``max_leases``.
     * Leases the table says are ours but we do not hold (a restart with a fixed worker id, a completed
-      hand-off) are always taken back. Then unowned leases, then expired ones, up to the target.
+      hand-off) are always taken back. Then unowned leases, then expired ones, up to an exact share: the
+      ceiling for the first (leases mod workers) active workers by id, the floor for the others.
     * Still short: steal from the most loaded worker, one lease at a time, only while that worker holds at
       least two more than we do. A steal never leaves the victim with fewer leases than the stealer, so each
       one strictly lowers the sum of squared lease counts: no ping-pong, and the fleet settles with every
@@ -179,15 +180,22 @@ def plan_takes(
                 stealable.setdefault(owner, []).append(key)
 
     target = math.ceil(len(candidates) / len(active)) if candidates else 0
+    # Free leases are taken up to an exact share: the first (leases mod workers) workers by id take the
+    # ceiling, the others the floor. With the ceiling for everyone, early takers would overshoot and leave the
+    # last ones two short, and that gap costs a round of steals (and hand-offs) after every crash.
+    base, extra = divmod(len(candidates), len(active))
+    fair = base + (1 if sorted(active).index(me) < extra else 0)
     if max_leases is not None:
         target = min(target, max_leases)
+        fair = min(fair, max_leases)
     take = list(reclaim)
-    need = target - mine
+    need = fair - mine
     for free in (unowned, orphaned):
         chosen = _ordered(free, rng)[: max(need, 0)]
         take.extend(chosen)
         need -= len(chosen)
         mine += len(chosen)
+    need = target - mine
     steal: list[str] = []
     while need > 0:
         victim = _most_loaded(load, stealable)
