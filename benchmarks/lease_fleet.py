@@ -221,7 +221,7 @@ def _drain(coordinator: LeaseCoordinator) -> list[Any]:
     return events
 
 
-def _parse(argv: Sequence[str]) -> tuple[FleetSettings, bool]:
+def _parse(argv: Sequence[str]) -> tuple[FleetSettings, bool, str | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = FleetSettings()
     for name in ("workers", "shards", "die", "join", "seed"):
@@ -231,21 +231,30 @@ def _parse(argv: Sequence[str]) -> tuple[FleetSettings, bool]:
     parser.add_argument("--taker", type=float, default=None, help="taker interval (default: failover)")
     parser.add_argument("--renew", type=float, default=None, help="renewal interval (default: failover / 3)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON as well")
+    parser.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="a DynamoDB endpoint to use instead of starting moto (a faster stand-in; a real table costs money)",
+    )
     args = parser.parse_args(argv)
     settings = FleetSettings(
         **{name: getattr(args, name) for name in FleetSettings.__dataclass_fields__}  # type: ignore[arg-type]
     )
-    return settings, args.json
+    return settings, args.json, args.endpoint_url
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings, as_json = _parse(sys.argv[1:] if argv is None else argv)
+    settings, as_json, endpoint_url = _parse(sys.argv[1:] if argv is None else argv)
     configure_logs("console", "WARNING")  # thousands of takes and hand-offs: keep only what went wrong
     # On SIGTERM unwind normally, so the moto server is stopped by its context manager.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
-    with MotoServer.start() as moto:
-        figures = asyncio.run(simulate(moto.endpoint_url, settings, log=lambda line: print(line, flush=True)))
+    progress = lambda line: print(line, flush=True)  # noqa: E731
+    if endpoint_url:
+        figures = asyncio.run(simulate(endpoint_url, settings, log=progress))
+    else:
+        with MotoServer.start() as moto:
+            figures = asyncio.run(simulate(moto.endpoint_url, settings, log=progress))
     print(figures.report())
     print(f"  wall time {time.monotonic() - started:.0f} s on {os.cpu_count()} CPUs")
     if as_json:

@@ -397,6 +397,7 @@ class LeaseCoordinator:
         self._release_on_stop = True
         self.events: asyncio.Queue[LeaseEvent] = asyncio.Queue()
         self._taking_paused = False
+        self._lost_races = False  # a take or steal of the current pass failed its condition
 
     # --- public API ----------------------------------------------------------------------------------------
 
@@ -567,6 +568,14 @@ class LeaseCoordinator:
             if (changed := self._tracker.last_change(lease.lease_key)) is not None
             if changed < self._last_scan_at and changed + self._failover_time > now
         ]
+        if self._lost_races:
+            # A take or steal of the last pass lost a race: peers are moving leases right now, and the plan
+            # was computed on a table that is already stale. Re-plan soon (random, so the racers spread out)
+            # instead of a whole interval later: the winners' writes are visible to the next scan. This is
+            # what makes a fleet that starts (or grows) at once converge in seconds rather than in one taker
+            # interval per lost race.
+            self._lost_races = False
+            regular = min(regular, started + self._taker_interval * self._rng.uniform(0.1, 0.3))
         wake = min([regular, *(expiry + 0.01 for expiry in expiries)])
         # Never spin: at least a twentieth of the failover time between passes.
         return max(wake - now, self._failover_time / 20)
@@ -723,6 +732,7 @@ class LeaseCoordinator:
             lease = await self._table.take(seen, self._worker_id)
         except LeaseContendedError as contended:
             log.debug("lease.take_contended", worker=self._worker_id, lease_key=key, detail=str(contended))
+            self._lost_races = True
             if budget is not None and contended.current is not None:
                 budget.saw(contended.current.actual_owner)
             return
@@ -745,6 +755,7 @@ class LeaseCoordinator:
         try:
             lease = await self._table.request_handoff(seen, self._worker_id)
         except LeaseContendedError:
+            self._lost_races = True
             return
         except LeaseTableError as error:
             self._tolerate(error, "request a hand-off of", seen.lease_key)

@@ -452,7 +452,10 @@ class KinesisSource(Source):
             try:
                 shards = await stream.client.list_shards(stream.stream)
                 infos = [ShardInfo.from_list_shards(s) for s in shards]
-                created = await self.coordinator.sync_shards(infos, prefix=stream.lease_key_prefix)
+                if stream.lease_key_prefix:
+                    created = await self.coordinator.sync_shards(infos, prefix=stream.lease_key_prefix)
+                else:  # single-stream: the coordinator's own (empty) prefix
+                    created = await self.coordinator.sync_shards(infos)
             except Exception as exc:  # discovery retries at the next interval; reading goes on meanwhile
                 if raise_errors:
                     raise
