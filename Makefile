@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.streamkit-installed
 PYTHON ?= python3
 
-.PHONY: setup demo test check lint typecheck bench clean
+.PHONY: setup demo test check lint typecheck package-check bench clean
 
 setup: $(STAMP) node_modules/.streamkit-installed
 
@@ -32,7 +32,12 @@ typecheck: setup
 
 check: lint typecheck
 
-test: check
+# The wheel, installed with its extras in a clean venv outside the checkout: what `pip install streamkit` gets.
+package-check: setup
+	bash scripts/package_check.sh
+
+# pytest runs last, so its summary closes the output.
+test: check package-check
 	$(VENV)/bin/pytest
 
 bench: setup

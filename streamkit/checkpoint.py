@@ -8,6 +8,7 @@ that own their checkpoints (the Kinesis lease table, Kafka's committed offsets) 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -92,14 +93,21 @@ class FileCheckpointStore(CheckpointStore):
     async def save(self, partition: Partition, checkpoint: str) -> None:
         async with self._lock:
             self._data[self._key(partition)] = checkpoint
-            data = orjson.dumps(self._data, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
-            await asyncio.to_thread(self._replace, data)
+            await asyncio.to_thread(self._replace, self._key(partition), checkpoint)
             self.writes += 1
 
-    def _replace(self, data: bytes) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+    def _replace(self, key: str, checkpoint: str) -> None:
+        # Several processes (`streamkit run --processes N`) may share the file, each owning other partitions:
+        # under an exclusive lock, merge this one key into what is on disk now, so no process's write undoes
+        # another's.
+        with open(self.path.with_name(self.path.name + ".lock"), "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            # Only this store's atomic renames write the file, so what is there parses (start() checked it).
+            current = orjson.loads(self.path.read_bytes()) if self.path.exists() else {}
+            merged = {**current, key: checkpoint}
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(orjson.dumps(merged, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +17,7 @@ import structlog
 from streamkit import log as logsetup
 from streamkit.config import env_overrides
 from streamkit.errors import ConfigError, StreamkitError
+from streamkit.lifecycle import install_stop_signals, leaf_errors, report_progress
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -36,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                      help="override a setting (repeatable; also STREAMKIT_SET='a=1;b=2')")  # fmt: skip
     run.add_argument("--health-port", type=int, default=None, help="serve /health/live and /health/ready")
+    run.add_argument("--processes", default=None, metavar="N|auto",
+                     help="worker processes on this host (default: runtime.processes); auto: one per CPU")  # fmt: skip
 
     validate = sub.add_parser("validate", help="check a pipeline file completely without connecting anywhere")
     validate.add_argument("pipeline", type=Path)
@@ -62,13 +63,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides = [*env_overrides(), *args.set]
             if args.health_port is not None:
                 overrides.append(f"runtime.health_port={args.health_port}")
-            return asyncio.run(run_pipeline(args.pipeline, progress=args.progress, overrides=overrides))
+            if args.processes is not None:
+                overrides.append(f"runtime.processes={args.processes}")
+            global_args = ["--log-format", args.log_format, "--log-level", args.log_level]
+            return asyncio.run(
+                run_pipeline(
+                    args.pipeline,
+                    progress=args.progress,
+                    overrides=overrides,
+                    child_args=[arg for value in args.set for arg in ("--set", value)],
+                    global_args=global_args,
+                )
+            )
         if args.command == "validate":
             return validate(args.pipeline, [*env_overrides(), *args.set])
         if args.command == "demo":
-            from streamkit.demo import run_demo
+            from streamkit.demo import DemoUnavailable, run_demo
 
-            return asyncio.run(run_demo(args.output, records=args.records, partitions=args.partitions))
+            try:
+                return asyncio.run(run_demo(args.output, records=args.records, partitions=args.partitions))
+            except DemoUnavailable as exc:
+                print(f"demo: {exc}", file=sys.stderr)
+                return EXIT_FAILED
         if args.command == "plugins":
             return list_plugins()
         if args.command == "bench":
@@ -111,18 +127,32 @@ def list_plugins() -> int:
     return EXIT_OK
 
 
-async def run_pipeline(path: Path, *, progress: bool | None = None, overrides: list[str] | None = None) -> int:
+async def run_pipeline(
+    path: Path,
+    *,
+    progress: bool | None = None,
+    overrides: list[str] | None = None,
+    child_args: Sequence[str] = (),
+    global_args: Sequence[str] = (),
+) -> int:
     from streamkit.build import build_pipeline
     from streamkit.config import load_config
     from streamkit.observe import Observability
     from streamkit.runtime import Runtime
+    from streamkit.share import process_share
+    from streamkit.supervisor import Supervisor, resolve_processes, watch_supervisor
 
     config = load_config(path, overrides)
-    pipeline = build_pipeline(config)
-    runtime = Runtime(pipeline)
+    pipeline = build_pipeline(config)  # every configuration mistake is found here, before any process starts
     stop = asyncio.Event()
     log = structlog.get_logger("streamkit")
     install_stop_signals(stop, log)
+    processes = resolve_processes(config.runtime.processes)
+    if processes > 1 and process_share().count == 1:
+        supervisor = Supervisor(path, processes, config.runtime, child_args=child_args, global_args=global_args)
+        return await supervisor.run(stop)
+    runtime = Runtime(pipeline)
+    orphan_watch = asyncio.create_task(watch_supervisor(stop))
     show = sys.stderr.isatty() if progress is None else progress
     reporter = asyncio.create_task(report_progress(runtime, config.runtime.progress_interval_s)) if show else None
     observability = Observability(runtime, config.runtime)
@@ -141,6 +171,7 @@ async def run_pipeline(path: Path, *, progress: bool | None = None, overrides: l
     finally:
         if reporter is not None:
             reporter.cancel()
+        orphan_watch.cancel()
         await observability.stop()
     log.info(
         "pipeline stopped",
@@ -150,32 +181,6 @@ async def run_pipeline(path: Path, *, progress: bool | None = None, overrides: l
         elapsed_s=round(summary.elapsed_s, 2),
     )
     return EXIT_OK
-
-
-def leaf_errors(exc: BaseException) -> list[BaseException]:
-    """The individual errors inside (possibly nested) exception groups from task groups."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in leaf_errors(inner)]
-    return [exc]
-
-
-def install_stop_signals(stop: asyncio.Event, log: structlog.typing.FilteringBoundLogger) -> None:
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signame: str) -> None:
-        log.info("stop requested: draining in-flight records", signal=signame)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, on_signal, sig.name)
-
-
-async def report_progress(runtime: object, interval: float) -> None:
-    metrics = runtime.metrics  # type: ignore[attr-defined]
-    while True:
-        await asyncio.sleep(interval)
-        print(f"progress: {metrics.progress_line()}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import yaml
@@ -152,6 +152,8 @@ class RuntimeSettings(msgspec.Struct, forbid_unknown_fields=True):
     metrics: MetricsSettings = msgspec.field(default_factory=MetricsSettings)
     gc_tuning: bool = True
     """Run the cyclic garbage collector less often (see streamkit.runtime.tune_gc); off for debugging."""
+    processes: Annotated[int, msgspec.Meta(ge=1, le=256)] | Literal["auto"] = 1
+    """Worker processes on this host (`streamkit run --processes`); `auto` is one per CPU. See supervisor.py."""
 
 
 class CheckpointSettings(msgspec.Struct, forbid_unknown_fields=False):

@@ -9,6 +9,7 @@ ran next to the output, so the user can read it and run it again.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import sys
 import time
@@ -19,11 +20,16 @@ import structlog
 import yaml
 
 from streamkit.build import build_pipeline
-from streamkit.cli import install_stop_signals, report_progress
 from streamkit.config import load_config
+from streamkit.errors import StreamkitError
+from streamkit.lifecycle import install_stop_signals, report_progress
 from streamkit.runtime import Runtime
 
 STREAM, BUCKET, SHARDS = "clickstream", "demo-lake", 4
+
+
+class DemoUnavailable(StreamkitError):
+    """The demo cannot run on this machine (a missing extra, or a stand-in that would not start)."""
 
 
 def demo_config(endpoints: dict[str, str]) -> dict[str, Any]:
@@ -74,16 +80,26 @@ def demo_config(endpoints: dict[str, str]) -> dict[str, Any]:
 
 
 async def run_demo(output: Path, *, records: int, partitions: int) -> int:
+    missing = [m for m in ("boto3", "moto") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise DemoUnavailable(f"needs {' and '.join(missing)}: pip install 'streamkit[demo]'")
     from streamkit.connectors.local import demo_stack
-    from streamkit.localstack import LocalStack
+    from streamkit.localstack import Kinesalite, LocalStack, LocalStackError
 
     # The demo talks only to stand-ins on 127.0.0.1: give them dummy credentials, never the user's.
     for variable in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):
         os.environ.pop(variable, None)
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     output = await asyncio.to_thread(output.resolve)
-    print("demo: starting local stand-ins (moto for S3 and DynamoDB, kinesalite for Kinesis) ...", file=sys.stderr)
-    stack = await asyncio.to_thread(LocalStack.start, moto=True, kinesalite=True)
+    # kinesalite is lossless under concurrent writers; the demo has one producer, so moto's Kinesis (pure Python,
+    # installed with the demo extra) serves as well where Node.js or the npm package is missing.
+    no_kinesalite = Kinesalite.unavailable()
+    kinesis = "kinesalite" if no_kinesalite is None else "moto (no Node.js or kinesalite here)"
+    print(f"demo: starting local stand-ins (moto for S3 and DynamoDB, {kinesis} for Kinesis) ...", file=sys.stderr)
+    try:
+        stack = await asyncio.to_thread(LocalStack.start, moto=True, kinesalite=no_kinesalite is None)
+    except LocalStackError as exc:
+        raise DemoUnavailable(f"could not start the local stand-ins: {exc}") from exc
     try:
         endpoints = stack.aws_endpoints()
         await asyncio.to_thread(demo_stack.create_resources, endpoints, STREAM, partitions or SHARDS, BUCKET)

@@ -107,6 +107,7 @@ class Runtime:
         self._partition_ended = asyncio.Event()
         self._ticket_done = asyncio.Event()
         self._source_closed = False
+        self._draining = False
         self.ready = asyncio.Event()
         """Set once start-up finished (clients open, source running)."""
 
@@ -215,6 +216,7 @@ class Runtime:
     async def _drain(self, started_at: float) -> bool:
         """Stop fetching, finish in-flight records within the grace period, checkpoint. True if drained."""
         grace = self.pipeline.settings.shutdown_grace_s
+        self._draining = True
         # Keep a slice of the grace period for the final checkpoint and releasing partitions.
         budget = max(0.0, grace * 0.8 - (time.monotonic() - started_at))
         for state in self._partitions.values():
@@ -259,6 +261,10 @@ class Runtime:
         if partition in self._partitions and not self._partitions[partition].lost:
             raise RuntimeError(f"partition {partition} is already assigned")
         state = _PartitionState(reader, PartitionTracker(partition))
+        if self._draining:
+            # A source can still be handing out partitions when a stop arrives during start-up (SIGTERM just
+            # after launch): such a partition reads nothing, or it would keep the drain waiting for ever.
+            reader.stop()
         self._partitions[partition] = state
         state.task = self._tg.create_task(self._consume(state), name=f"partition:{partition}")
         self.metrics.leases_held = len(self.held_partitions)

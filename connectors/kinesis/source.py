@@ -40,6 +40,7 @@ from streamkit.checkpoint import CheckpointStore
 from streamkit.config import AwsSettings, Size
 from streamkit.errors import CheckpointRejected, ConfigError
 from streamkit.retry import RetryPolicy
+from streamkit.share import process_share
 from streamkit.source import PartitionHost, Source
 
 log = structlog.get_logger("streamkit.kinesis")
@@ -170,6 +171,10 @@ class KinesisSource(Source):
         self.name = "kinesis:" + ",".join(stream_name_of(entry.stream) for entry in self.stream_options)
         self.table_name = options.lease_table or f"{env.pipeline}-leases"
         self.worker_id = options.worker_id or default_worker_id()
+        share = process_share()
+        if options.worker_id and share.count > 1:
+            # `--processes N` runs N workers of one configured id: each needs its own lease owner name.
+            self.worker_id = f"{options.worker_id}-p{share.index}"
         self.settings = ReadSettings(
             max_records=options.max_records_per_call,
             reads_per_second=options.reads_per_second,

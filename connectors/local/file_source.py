@@ -13,6 +13,7 @@ import msgspec
 from streamkit.batch import Partition, RecordBatch
 from streamkit.checkpoint import CheckpointStore
 from streamkit.errors import ConfigError
+from streamkit.share import process_share
 from streamkit.source import PartitionHost, PartitionReader, Source, SourceBatch
 
 
@@ -64,7 +65,10 @@ class FileSource(Source):
 
     async def run(self, host: PartitionHost, stop: asyncio.Event) -> None:
         assert self._store is not None
-        for path in self.files:
+        share = process_share()
+        for number, path in enumerate(self.files):
+            if not share.owns(number):
+                continue
             partition = Partition(self.name, str(path))
             saved = await self._store.load(partition)
             skip = int(saved) + 1 if saved is not None else 0

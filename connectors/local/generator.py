@@ -18,6 +18,7 @@ import orjson
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.checkpoint import CheckpointStore
+from streamkit.share import process_share
 from streamkit.source import PartitionHost, PartitionReader, Source, SourceBatch
 
 EVENTS = ("click", "view", "purchase", "signup", "logout")
@@ -122,7 +123,10 @@ class GeneratorSource(Source):
 
     async def run(self, host: PartitionHost, stop: asyncio.Event) -> None:
         assert self._store is not None
+        share = process_share()
         for number in range(self.options.partitions):
+            if not share.owns(number):
+                continue
             partition = Partition(self.name, str(number))
             saved = await self._store.load(partition)
             start = int(saved) + 1 if saved is not None else 0

@@ -69,7 +69,7 @@ def _reserved(name: str) -> bool:
     return lower in ("time", "measure_name") or lower.startswith(("measure_value", "ts_"))
 
 
-def _scalar_text(value: Any) -> str:
+def scalar_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
@@ -77,7 +77,7 @@ def _scalar_text(value: Any) -> str:
     return str(value)
 
 
-def _double(value: Any) -> str:
+def double_text(value: Any) -> str:
     if isinstance(value, bool):
         raise InvalidRecord("is a boolean, expected a number")
     if isinstance(value, int):
@@ -88,7 +88,7 @@ def _double(value: Any) -> str:
     return repr(number)
 
 
-def _bigint(value: Any) -> str:
+def bigint_text(value: Any) -> str:
     if isinstance(value, bool):
         raise InvalidRecord("is a boolean, expected an integer")
     if isinstance(value, float) and value.is_integer():
@@ -100,7 +100,7 @@ def _bigint(value: Any) -> str:
     return str(value)
 
 
-def _boolean(value: Any) -> str:
+def boolean_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str) and value.lower() in ("true", "false"):
@@ -129,10 +129,10 @@ def epoch(value: Any, per_ms: float) -> int:
 
 
 _CONVERT: dict[str, Callable[[Any], str]] = {
-    "DOUBLE": _double,
-    "BIGINT": _bigint,
-    "VARCHAR": _scalar_text,
-    "BOOLEAN": _boolean,
+    "DOUBLE": double_text,
+    "BIGINT": bigint_text,
+    "VARCHAR": scalar_text,
+    "BOOLEAN": boolean_text,
 }
 
 
@@ -204,7 +204,7 @@ class RecordMapping:
     # -- per batch ---------------------------------------------------------------------------------
     def map_batch(self, batch: RecordBatch) -> tuple[list[dict[str, Any] | None], list[tuple[int, str]]]:
         """One entry per record (None where it failed) and the failures as ``(index, reason)``."""
-        values, failures = _values(batch)
+        values, failures = decode_values(batch)
         times = self._times(batch)
         versions = self._versions(batch)
         records: list[dict[str, Any] | None] = []
@@ -274,7 +274,7 @@ class RecordMapping:
                 continue  # Timestream has no null dimension: the record simply lacks it
             if isinstance(raw, (dict, list)):
                 raise InvalidRecord(f"dimension {name!r} is a {type(raw).__name__}, expected a scalar")
-            text = _scalar_text(raw)
+            text = scalar_text(raw)
             dimensions.append({"Name": name, "Value": text})
             size += name_size + _utf8(text)
         if dimensions:
@@ -306,7 +306,7 @@ class RecordMapping:
         return record
 
 
-def _values(batch: RecordBatch) -> tuple[list[Any], list[tuple[int, str]]]:
+def decode_values(batch: RecordBatch) -> tuple[list[Any], list[tuple[int, str]]]:
     """Decoded values; undecoded payloads are parsed as JSON here (failures become reasons)."""
     if batch.decoded:
         return batch.values, []

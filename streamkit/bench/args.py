@@ -25,9 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", default=None, help="--source stream: its region")
     parser.add_argument("--initial-position", choices=("TRIM_HORIZON", "LATEST"), default="TRIM_HORIZON",
                         help="--source stream: read the backlog, or only what arrives from now on")  # fmt: skip
-    parser.add_argument("--sink", choices=("auto", "memory", "s3"), default="auto",
+    from streamkit.bench.sinks import STAND_IN_SINKS
+
+    parser.add_argument("--sink", choices=("auto", "memory", "s3", *STAND_IN_SINKS), default="auto",
                         help="built-in pipeline's sink: memory (gzip NDJSON in memory) or s3 (the S3 sink; local "
-                             "source only, on moto); auto: s3 on the local source when installed")  # fmt: skip
+                             "source only, on moto); auto: s3 on the local source when installed; "
+                             f"{', '.join(STAND_IN_SINKS)}: that sink against its loopback stand-in")  # fmt: skip
     parser.add_argument("--no-baselines", dest="baselines", action="store_false", help="measure streamkit only")
     parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
                         help="write pyinstrument profiles of the first round's streamkit runs (dev extra)")  # fmt: skip

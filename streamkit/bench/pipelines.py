@@ -83,7 +83,8 @@ def representative(sink: dict[str, Any]) -> list[Variant]:
             "sinks": [sink],
             "dead_letter": {"type": "memory"},
         }
-        variants.append(Variant(name, f"{chain} -> {sink['type']} (NDJSON, gzip)", parse_config(data)))
+        written = " (NDJSON, gzip)" if sink["type"] in ("memory", "s3") else ""  # others: see the report's sink line
+        variants.append(Variant(name, f"{chain} -> {sink['type']}{written}", parse_config(data)))
     return variants
 
 

@@ -13,6 +13,7 @@ Rounds alternate streamkit and the baselines; each side's best round is reported
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import shlex
 import sys
@@ -21,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -41,6 +42,9 @@ from streamkit.bench.report import Report, markdown
 from streamkit.errors import ConfigError
 from streamkit.runtime import Pipeline, tune_gc
 from streamkit.source import Source
+
+if TYPE_CHECKING:
+    from streamkit.bench.baselines import Baseline
 
 DEFAULT_RECORDS = {"synthetic": 200_000, "local": 40_000}
 DEFAULT_ROUNDS = {"synthetic": 2, "local": 3, "stream": 1}
@@ -93,6 +97,8 @@ class Bench:
         self.order: list[str] = []
         self.ours: set[str] = set()
         """Names of the streamkit runs (the rest are baselines)."""
+        self.stand_in_sink: dict[str, Any] | None = None
+        """The sink section of ``--sink`` NAME from streamkit.bench.sinks, started for the whole run."""
 
     def keep(self, figures: Figures) -> None:
         """Keep each side's best round; memory comes from each side's first round (see docs/performance.md:
@@ -140,29 +146,25 @@ class Bench:
         self.keep(figures)
 
     # -- baselines -------------------------------------------------------------------------------
-    def baselines(self, report: Report, kind: str) -> list[Any]:
+    def baselines(self, report: Report, kind: str) -> list[Baseline]:
         if not self.o.baselines:
             return []
         if self.o.pipeline is not None:
             report.notes.append("baselines do the built-in pipeline's work: they run without a pipeline file only")
             return []
-        from streamkit.bench.baselines import load_baselines
+        from streamkit.bench.baselines import local_baselines, synthetic_baselines
 
-        module = load_baselines()
-        if isinstance(module, str):
-            report.skipped["baselines"] = module
-            return []
-        found: list[Any] = module.synthetic_baselines() if kind == "synthetic" else module.local_baselines()
+        found = synthetic_baselines() if kind == "synthetic" else local_baselines()
         runnable = []
         for baseline in found:
             missing = baseline.missing()
             if missing:
-                report.skipped[baseline.name] = f"needs {', '.join(missing)} (the dev extra)"
+                report.skipped[baseline.name] = f"needs {', '.join(missing)}: pip install 'streamkit[bench]'"
             else:
                 runnable.append(baseline)
         return runnable
 
-    def run_baseline(self, baseline: Any, data: Any) -> None:
+    def run_baseline(self, baseline: Baseline, data: Any) -> None:
         say(f"  {baseline.name}: running")
         self.keep(baseline.run(data))
 
@@ -182,7 +184,7 @@ class Bench:
             shards, per_shard * self.shards, recorded.payload_bytes * self.shards, recorded.kept * self.shards
         )
         report.records = data.records
-        variants = self.variants(memory_gzip_sink())
+        variants = self.variants(self.stand_in_sink or memory_gzip_sink())
         baselines = self.baselines(report, "synthetic")
         for round_ in range(self.rounds):
             say(f"round {round_ + 1} of {self.rounds}")
@@ -201,20 +203,20 @@ class Bench:
         installed = any(info.name == "s3" for info in available("sink"))
         if self.o.sink == "s3" and not installed:
             raise ConfigError("--sink", "no sink of type s3 is installed")
-        has_s3 = installed and self.o.sink != "memory" and self.o.pipeline is None
+        has_s3 = installed and self.o.sink in ("auto", "s3") and self.o.pipeline is None
         say(f"starting kinesalite and moto; loading {self.records:,} records into {self.shards} shards")
         bench = start_local(self.shards, self.records, with_bucket=has_s3)
         try:
             data = bench.data
             report.records = data.records
-            sink = memory_gzip_sink()
+            sink = self.stand_in_sink or memory_gzip_sink()
             if has_s3:
                 sink = {"type": "s3", "name": "out", "bucket": bench.bucket, "prefix": "bench/", "format": "ndjson",
                         "compression": "gzip"}  # fmt: skip
             variants = self.variants(sink)
             if has_s3:
                 report.sink = "s3 on moto: gzip NDJSON objects written by the S3 sink"
-            elif self.o.pipeline is None and not installed:
+            elif self.o.pipeline is None and not installed and self.stand_in_sink is None:
                 report.sink += " (no `type: s3` sink is installed, so not S3 on moto)"
             data = dataclasses.replace(data, duration_s=self.o.duration_s)
             baselines = self.baselines(report, "local")
@@ -246,6 +248,8 @@ class Bench:
 
         if self.o.sink == "s3":
             raise ConfigError("--sink", "the s3 sink runs on the local source only (a benchmark never writes to AWS)")
+        if self.o.sink != "auto" and self.o.sink != "memory":
+            raise ConfigError("--sink", f"the {self.o.sink} sink runs on the synthetic or local source only")
         if not self.o.stream or not self.o.region:
             raise ConfigError("--stream", "--source stream needs --stream NAME and --region REGION")
         aws = AwsSettings(region=self.o.region)
@@ -269,6 +273,17 @@ class Bench:
         first = self.best[self.order[0]]
         report.shards = len(first.shards)
         report.records = first.records
+
+    def start_stand_in_sink(self, stack: contextlib.ExitStack, report: Report) -> dict[str, Any] | None:
+        """Start the stand-in of a ``--sink`` from streamkit.bench.sinks (stopped when the run ends)."""
+        from streamkit.bench.sinks import STAND_IN_SINKS
+
+        make = STAND_IN_SINKS.get(self.o.sink)
+        if make is None or self.o.pipeline is not None or self.o.source == "stream":
+            return None
+        say(f"starting the {self.o.sink} stand-in")
+        section, report.sink = stack.enter_context(make())
+        return section
 
     # -- checks and output -----------------------------------------------------------------------
     def check_outputs(self, report: Report, expected: int, records: int) -> None:
@@ -294,7 +309,9 @@ class Bench:
             # streamkit tunes the garbage collector when it starts (runtime.gc_tuning, on in the built-in
             # pipeline); do it first, so the baselines run under the same setting.
             tune_gc()
-        getattr(self, o.source)(report)
+        with contextlib.ExitStack() as stack:
+            self.stand_in_sink = self.start_stand_in_sink(stack, report)
+            getattr(self, o.source)(report)
         report.streamkit = [self.best[n] for n in self.order if n in self.ours]
         report.baselines = [self.best[n] for n in self.order if n not in self.ours]
         return report
@@ -308,7 +325,7 @@ def _replaying(
 
 
 def run_bench(options: BenchOptions) -> int:
-    from streamkit.cli import leaf_errors
+    from streamkit.lifecycle import leaf_errors
 
     try:
         report = Bench(options).run()

@@ -9,10 +9,14 @@
     stack.aws_endpoints()                    # {"kinesis": ..., "s3": ..., ...}
     stack.stop()
 
+    with InfluxStandIn.start(token="t") as influx:   # the InfluxDB write endpoints, on a thread
+        influx.url, influx.points("db"), influx.inject(429, headers={"Retry-After": "1"})
+
 Which server stands in for what, and their quirks: docs/local-stack.md.
 """
 
 from ._process import LocalServer, LocalStackError, ServerStartError, free_port
+from .influxdb import InfluxStandIn, InfluxStandInProcess
 from .kinesis import Kinesalite, KinesisLocal
 from .moto_server import InProcessMotoServer, MotoServer
 from .stack import LocalStack
@@ -20,6 +24,8 @@ from .tansu import TansuBroker, kafka_api_versions_ok
 
 __all__ = [
     "InProcessMotoServer",
+    "InfluxStandIn",
+    "InfluxStandInProcess",
     "Kinesalite",
     "KinesisLocal",
     "LocalServer",

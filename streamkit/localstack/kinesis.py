@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from typing import Self
 
 from . import _kinesis_api
-from ._node import node_argv, package_file
-from ._process import LOOPBACK, Launch, LocalServer, http_status, spawn_on_ports
+from ._node import node_argv, node_binary, package_file
+from ._process import LOOPBACK, Launch, LocalServer, LocalStackError, http_status, spawn_on_ports
 
 
 class _KinesisServer(LocalServer):
@@ -29,6 +29,16 @@ class Kinesalite(_KinesisServer):
     """`node -r force_loopback.js kinesalite/cli.js --port P --createStreamMs 0 ...` (in-memory store)."""
 
     name = "kinesalite"
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why kinesalite cannot start here (no Node.js, or the npm package is not installed), else None."""
+        try:
+            node_binary()
+            package_file("kinesalite", "cli.js")
+        except LocalStackError as exc:
+            return str(exc)
+        return None
 
     @classmethod
     def start(

@@ -115,6 +115,16 @@ def test_local_source_reads_the_emulator_beside_the_baselines(tmp_path: Path) ->
     assert "async-kinesis" in stdout and "as shipped" in stdout
 
 
+def test_the_influxdb_sink_writes_to_its_stand_in_the_same_records_as_the_baselines(tmp_path: Path) -> None:
+    report, _, stderr = bench(
+        tmp_path, "--source", "synthetic", "--sink", "influxdb", "--shards", "2", "--records", "4000", "--rounds", "1"
+    )
+    check_report(report, "synthetic", 4000, 2)  # the boto3 and Powertools baselines wrote as many records
+    assert report["sink"].startswith("influxdb: line protocol, gzip, POST /api/v3/write_lp to the loopback stand-in")
+    assert all(f["description"].endswith("-> influxdb") for f in report["streamkit"])
+    assert "starting the influxdb stand-in" in stderr
+
+
 def test_a_pipeline_file_runs_with_its_own_processors_and_without_baselines(tmp_path: Path) -> None:
     pipeline = tmp_path / "p.yaml"
     pipeline.write_text(

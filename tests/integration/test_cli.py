@@ -129,3 +129,40 @@ def test_demo_runs_kinesis_to_s3_on_local_stand_ins_and_reports_where_output_lan
     assert written == reported > 0
     assert list((tmp_path / "demo" / "s3" / "purchases").rglob("*.parquet"))
     assert "lease table checkpoints: {'shardId-000000000000': '4" in result.stdout
+
+
+def test_demo_without_node_packages_uses_moto_for_kinesis_and_loses_nothing(tmp_path: Path) -> None:
+    """What `pip install 'streamkit[demo]'` gets outside a checkout: no node_modules, so moto serves Kinesis."""
+    empty = tmp_path / "no-node-modules"
+    empty.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(PYTHONUNBUFFERED="1", STREAMKIT_NODE_MODULES=str(empty))
+    result = subprocess.run(
+        [*CLI, "demo", "--records", "1200", "--partitions", "2", "--output", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "moto (no Node.js or kinesalite here) for Kinesis" in result.stderr
+    assert "read 1,200 in" in result.stdout
+    events = list((tmp_path / "demo" / "s3" / "events").rglob("*.ndjson.gz"))
+    written = sum(len(gzip.decompress(f.read_bytes()).splitlines()) for f in events)
+    reported = int(result.stdout.split("sink 'lake' wrote ")[1].split(" ")[0].replace(",", ""))
+    assert written == reported > 0
+
+
+def test_demo_without_its_extra_says_so_in_one_line(tmp_path: Path) -> None:
+    """A missing extra is a one-line message naming what to install, never a traceback."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    # Run before streamkit starts: a None entry in sys.modules makes moto look uninstalled to imports and find_spec.
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['moto'] = None\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [*CLI, "demo", "--output", str(tmp_path / "demo")], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == ["demo: needs moto: pip install 'streamkit[demo]'"]
+    assert "Traceback" not in result.stderr

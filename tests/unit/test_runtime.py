@@ -212,3 +212,21 @@ async def test_without_a_dead_letter_queue_a_poison_record_stops_the_pipeline() 
     with pytest.raises(ExceptionGroup) as info:
         await Runtime(p).run(asyncio.Event())
     assert "configure dead_letter" in str(info.value.exceptions[0])
+
+
+async def test_a_stop_during_start_up_ends_even_partitions_assigned_after_it() -> None:
+    """SIGTERM just after launch: a source still assigning partitions must not keep the drain waiting."""
+    from streamkit.connectors.local.generator import GeneratorSource
+
+    class SlowToAssign(GeneratorSource):
+        async def run(self, host: Any, stop: asyncio.Event) -> None:
+            await stop.wait()  # the stop arrives before any partition is handed out
+            await asyncio.sleep(0.05)
+            await super().run(host, stop)
+
+    p = pipeline([{"type": "memory", "name": "out"}], source={"type": "generator", "count": 0, "partitions": 2})
+    p.source.__class__ = SlowToAssign
+    stop = asyncio.Event()
+    stop.set()
+    summary = await asyncio.wait_for(Runtime(p).run(stop), timeout=10)
+    assert summary.drained
