@@ -243,18 +243,29 @@ def _parse(argv: Sequence[str]) -> tuple[FleetSettings, bool, str | None]:
     return settings, args.json, args.endpoint_url
 
 
+async def _cancellable(endpoint_url: str, settings: FleetSettings) -> FleetFigures:
+    """The simulation, cancelled by SIGTERM/SIGINT so that it unwinds and the moto server is stopped."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+    return await simulate(endpoint_url, settings, log=lambda line: print(line, flush=True))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings, as_json, endpoint_url = _parse(sys.argv[1:] if argv is None else argv)
     configure_logs("console", "WARNING")  # thousands of takes and hand-offs: keep only what went wrong
-    # On SIGTERM unwind normally, so the moto server is stopped by its context manager.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
-    progress = lambda line: print(line, flush=True)  # noqa: E731
-    if endpoint_url:
-        figures = asyncio.run(simulate(endpoint_url, settings, log=progress))
-    else:
-        with MotoServer.start() as moto:
-            figures = asyncio.run(simulate(moto.endpoint_url, settings, log=progress))
+    try:
+        if endpoint_url:
+            figures = asyncio.run(_cancellable(endpoint_url, settings))
+        else:
+            with MotoServer.start() as moto:
+                figures = asyncio.run(_cancellable(moto.endpoint_url, settings))
+    except asyncio.CancelledError:
+        print("interrupted", file=sys.stderr)
+        return 130
     print(figures.report())
     print(f"  wall time {time.monotonic() - started:.0f} s on {os.cpu_count()} CPUs")
     if as_json:

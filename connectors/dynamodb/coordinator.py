@@ -398,6 +398,7 @@ class LeaseCoordinator:
         self.events: asyncio.Queue[LeaseEvent] = asyncio.Queue()
         self._taking_paused = False
         self._lost_races = False  # a take or steal of the current pass failed its condition
+        self._quick_pass = False  # the current pass was scheduled early because of a lost race
 
     # --- public API ----------------------------------------------------------------------------------------
 
@@ -568,13 +569,16 @@ class LeaseCoordinator:
             if (changed := self._tracker.last_change(lease.lease_key)) is not None
             if changed < self._last_scan_at and changed + self._failover_time > now
         ]
-        if self._lost_races:
+        quick, self._quick_pass = self._lost_races and not self._quick_pass, False
+        self._lost_races = False
+        if quick:
             # A take or steal of the last pass lost a race: peers are moving leases right now, and the plan
             # was computed on a table that is already stale. Re-plan soon (random, so the racers spread out)
             # instead of a whole interval later: the winners' writes are visible to the next scan. This is
             # what makes a fleet that starts (or grows) at once converge in seconds rather than in one taker
-            # interval per lost race.
-            self._lost_races = False
+            # interval per lost race. Never twice in a row: when the table is slow to answer, more races
+            # must not mean more scans.
+            self._quick_pass = True
             regular = min(regular, started + self._taker_interval * self._rng.uniform(0.1, 0.3))
         wake = min([regular, *(expiry + 0.01 for expiry in expiries)])
         # Never spin: at least a twentieth of the failover time between passes.
