@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from aiobotocore.session import AioSession, get_session
@@ -38,7 +38,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from streamkit.config import AwsSettings
+from streamkit.config import AwsSettings, PositiveInt, PositiveSeconds
 
 __all__ = [
     "ACCESS_CODES",
@@ -60,12 +60,12 @@ __all__ = [
 class ClientOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     """Connection settings of a connector's AWS client (the ``client:`` key of a sink section)."""
 
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0
+    connect_timeout_s: PositiveSeconds = 5.0
+    read_timeout_s: PositiveSeconds = 30.0
     """Long enough for a 4 MiB request on a slow link; a timed-out call is retried (and may duplicate)."""
-    max_pool_connections: int = 32
+    max_pool_connections: PositiveInt = 32
     """HTTP connections kept per client: at least the sink's ``max_concurrent_writes``."""
-    sdk_max_attempts: int = 3
+    sdk_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
     """Attempts the SDK makes per call before the connector's own retry policy takes over."""
 
 

@@ -115,6 +115,11 @@ class PartitionTracker:
         self._tickets.append(ticket)
         return ticket
 
+    def abandon(self) -> None:
+        """The partition was lost: give back the resources of every open ticket, acknowledging nothing."""
+        for ticket in self._tickets:
+            ticket.abandon()
+
     def idle(self) -> bool:
         """True when every record handed to the runtime is finished."""
         return all(t.done for t in self._tickets)

@@ -74,11 +74,17 @@ def build_processor(section: dict[str, Any], where: str, env: BuildEnv) -> Proce
         options = section.get("options") or {}
         if not isinstance(options, dict):
             raise ConfigError(f"{where}.options", "expected a mapping of keyword arguments")
+        if not callable(target):
+            kind = type(target).__name__
+            raise ConfigError(f"{where}.callable", f"{section['callable']} is a {kind}, not callable")
         if isinstance(target, type):
             try:
                 target = target(**options)
-            except TypeError as exc:
-                raise ConfigError(f"{where}.options", f"cannot construct {section['callable']}: {exc}") from None
+            except Exception as exc:  # the user's constructor may raise anything
+                problem = f"{type(exc).__name__}: {exc}"
+                raise ConfigError(f"{where}.options", f"cannot construct {section['callable']}: {problem}") from None
+            if not callable(target):
+                raise ConfigError(f"{where}.callable", f"instances of {section['callable']} are not callable")
         elif options:
             raise ConfigError(f"{where}.options", "options are only passed to classes; functions take none")
         processor = as_processor(target, with_metadata=bool(section.get("with_metadata", False)))

@@ -33,7 +33,8 @@ class CheckpointStore(ABC):
 
     @abstractmethod
     async def save(self, partition: Partition, checkpoint: str) -> None:
-        """Persist a checkpoint. Raise CheckpointRejected when this worker may no longer write it."""
+        """Persist a checkpoint. Raise CheckpointRejected when this worker may no longer write it, and
+        CheckpointDeferred when it cannot be written now but may be later (the runtime tries again)."""
 
     async def close(self) -> None:
         """Flush and release."""

@@ -18,6 +18,7 @@ import msgspec
 import yaml
 
 from streamkit.errors import ConfigError
+from streamkit.redact import MASK, is_secret
 
 T = TypeVar("T")
 
@@ -50,7 +51,18 @@ def parse_size(value: Any, where: str) -> int:
 
 
 class Size(int):
-    """A byte size in options: accepts ``4MiB`` / ``500kB`` strings or a number of bytes."""
+    """A byte size in options: accepts ``4MiB`` / ``500kB`` strings or a number of bytes (always positive)."""
+
+
+# Every numeric setting carries its bounds in its type, so msgspec rejects a bad value at start-up with the
+# key path (tests/unit/test_config_bounds.py fails for a numeric setting without one). Fields with a
+# natural upper limit (ports, ratios, service limits) spell it out with their own msgspec.Meta.
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0)]
+Ratio = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 
 def _dec_hook(tp: type, obj: Any) -> Any:
@@ -74,13 +86,41 @@ def convert(data: Any, kind: type[T], where: str) -> T:
             # msgspec reports unknown and missing keys at the parent; name the key itself.
             inner = f".{unknown.group(1)}"
         path = f"{where}{inner}".lstrip(".")
-        raise ConfigError(path or "(top level)", _friendly(message)) from None
+        raise ConfigError(path or "(top level)", _friendly(message, data, inner)) from None
 
 
-def _friendly(message: str) -> str:
+_BOUND = re.compile(r"^Expected `(int|float)` (>=|>|<=|<) (-?[0-9.e+]+)$")
+_MISSING = object()
+
+
+def _friendly(message: str, data: Any, inner: str) -> str:
+    if bound := _BOUND.match(message):
+        kind, op, limit = bound.groups()
+        if op == ">=" and float(limit) == 0:
+            wanted = "zero or more"
+        elif (op == ">" and float(limit) == 0) or (op == ">=" and kind == "int" and limit == "1"):
+            wanted = "a positive number"
+        else:
+            wanted = f"{'an integer' if kind == 'int' else 'a number'} {op} {limit.removesuffix('.0')}"
+        value = _value_at(data, inner)
+        return wanted if value is _MISSING else f"expected {wanted}, got {_shown(inner, value)}"
     message = message.replace("Object contains unknown field", "unknown key")
     message = message.replace("Object missing required field", "missing required key")
     return message.replace("`", "'")
+
+
+def _value_at(data: Any, inner: str) -> Any:
+    """The value at msgspec's error path (``.sinks[0].max_records``) within ``data``, if it is there."""
+    for name, index in re.findall(r"\.([^.\[]+)|\[(\d+)\]", inner):
+        try:
+            data = data[name] if name else data[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return _MISSING
+    return data
+
+
+def _shown(inner: str, value: Any) -> str:
+    return MASK if is_secret(inner.rpartition(".")[2]) else repr(value)
 
 
 def interpolate(node: Any, path: str = "", env: Mapping[str, str] | None = None) -> Any:
@@ -132,20 +172,20 @@ class MetricsSettings(msgspec.Struct, forbid_unknown_fields=True):
     emf: bool = True
     """CloudWatch Embedded Metric Format lines on stdout (picked up by Lambda and the awslogs driver)."""
     namespace: str = "streamkit"
-    interval_s: float = 60.0
+    interval_s: PositiveSeconds = 60.0
     prometheus: bool = False
     """Serve /metrics on the health endpoint (needs the prometheus extra and runtime.health_port)."""
 
 
 class RuntimeSettings(msgspec.Struct, forbid_unknown_fields=True):
-    shutdown_grace_s: float = 25.0
+    shutdown_grace_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 25.0
     """SIGTERM -> drained, checkpointed and exited within this many seconds (ECS stopTimeout is 30 s)."""
     max_bytes_in_flight: Size = Size(64 * 1024**2)
     """Memory budget: payload bytes taken from sources and not yet finished. Fetching waits above it."""
     fail_fast: bool = False
     """Stop the pipeline at the first record a processor fails on, instead of dead-lettering it."""
-    progress_interval_s: float = 5.0
-    health_port: int | None = None
+    progress_interval_s: PositiveSeconds = 5.0
+    health_port: Port | None = None
     """HTTP port for /health/live, /health/ready (and /metrics); off when unset. 0 picks a free port."""
     health_host: str = "0.0.0.0"
     """Address the health endpoint binds (all interfaces, so the container runtime can reach it)."""
@@ -158,7 +198,7 @@ class RuntimeSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 class CheckpointSettings(msgspec.Struct, forbid_unknown_fields=False):
     type: str = "memory"
-    interval_s: float = 5.0
+    interval_s: PositiveSeconds = 5.0
     """How often acknowledged positions are written; also written on shutdown and partition hand-off."""
 
 
@@ -232,7 +272,8 @@ def apply_overrides(data: Any, overrides: list[str], origin: str) -> Any:
     for override in overrides:
         path, sep, raw = override.partition("=")
         if not sep or not path.strip():
-            raise ConfigError("", f"override {override!r} is not KEY.PATH=VALUE", source=origin)
+            shown = MASK if is_secret(override) else repr(override)  # a mistyped --set may hold a password
+            raise ConfigError("", f"override {shown} is not KEY.PATH=VALUE", source=origin)
         tokens = re.findall(r"[^.\[\]]+|\[\d+\]", path.strip())
         node = data
         for i, token in enumerate(tokens):
@@ -263,6 +304,12 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("", f"cannot read pipeline file: {exc.strerror}", source=str(file)) from None
+    except UnicodeDecodeError as exc:
+        raw = file.read_bytes()
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            "", f"not UTF-8 text: byte 0x{raw[exc.start]:02x} on line {line}; save the file as UTF-8", source=str(file)
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

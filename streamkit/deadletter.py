@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from streamkit.batch import Partition
 from streamkit.processor import Failure
 from streamkit.sink import BufferedWriter, BufferOptions
 
@@ -72,6 +73,9 @@ class DeadLetterQueue(BufferedWriter[Failure]):
 
     def measure(self, item: Failure) -> tuple[int, int]:
         return len(item.batch), item.batch.total_bytes()
+
+    def partition_of(self, item: Failure) -> Partition:
+        return item.batch.partition
 
     async def start(self) -> None:
         """Open clients; errors fail start-up."""

@@ -42,3 +42,8 @@ class SinkError(StreamkitError):
 
 class CheckpointRejected(StreamkitError):
     """A checkpoint write was refused because this worker no longer owns the partition (fencing)."""
+
+
+class CheckpointDeferred(StreamkitError):
+    """A checkpoint could not be written now (the store is unreachable or throttling beyond its retries), but
+    the partition is still this worker's: the runtime writes it again at the next interval."""

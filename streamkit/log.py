@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import structlog
 
 Format = Literal["auto", "json", "console"]
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def configure(fmt: Format = "auto", level: str = "INFO") -> None:
-    """Send logs to stderr; ``auto`` picks JSON unless stderr is a terminal."""
+def configure(fmt: Format = "auto", level: str = "INFO", *, out: TextIO | None = None) -> None:
+    """Send logs to stderr (or ``out``); ``auto`` picks JSON unless stderr is a terminal."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
@@ -32,6 +33,6 @@ def configure(fmt: Format = "auto", level: str = "INFO") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(out or sys.stderr),
         cache_logger_on_first_use=False,
     )

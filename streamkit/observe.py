@@ -8,6 +8,7 @@ import time
 
 from streamkit.config import RuntimeSettings
 from streamkit.emf import EmfReporter
+from streamkit.errors import ConfigError
 from streamkit.health import HealthServer
 from streamkit.runtime import Runtime
 
@@ -58,7 +59,11 @@ class Observability:
             self.health = HealthServer(
                 settings.health_host, settings.health_port, live=self.live, ready=self.ready, metrics=metrics
             )
-            await self.health.start()
+            try:
+                await self.health.start()
+            except ConfigError:
+                self.health = None
+                raise
 
     async def stop(self) -> None:
         self._stop.set()

@@ -78,6 +78,9 @@ def resolve_reference(reference: str, where: str) -> Any:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise PluginError(where, f"cannot import module {module_name!r} for {reference!r}: {exc}") from exc
+    except Exception as exc:  # user code runs on import: a SyntaxError, or anything its top level raises
+        problem = f"{type(exc).__name__}: {exc}"
+        raise PluginError(where, f"importing module {module_name!r} for {reference!r} failed: {problem}") from exc
     for part in attribute.split("."):
         try:
             obj = getattr(obj, part)

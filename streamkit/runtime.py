@@ -26,7 +26,7 @@ from streamkit.batch import BoolArray, Partition, RecordBatch
 from streamkit.checkpoint import CheckpointStore
 from streamkit.config import RuntimeSettings
 from streamkit.deadletter import DeadLetterQueue
-from streamkit.errors import CheckpointRejected, ProcessingError
+from streamkit.errors import CheckpointDeferred, CheckpointRejected, ProcessingError
 from streamkit.metrics import Metrics
 from streamkit.processor import Chain, Failure
 from streamkit.sink import Sink
@@ -107,6 +107,8 @@ class Runtime:
         self._partition_ended = asyncio.Event()
         self._ticket_done = asyncio.Event()
         self._source_closed = False
+        self._releasing: dict[Partition, asyncio.Task[None]] = {}
+        """Sinks dropping what they hold of a lost partition; a new reader of it waits for this first."""
         self._draining = False
         self.ready = asyncio.Event()
         """Set once start-up finished (clients open, source running)."""
@@ -279,24 +281,72 @@ class Runtime:
             state.lost = True
             if state.task is not None:
                 state.task.cancel()
+            # Its unfinished records will never be acknowledged here (the sinks drop them): give their
+            # bytes back to the budget now.
+            state.tracker.abandon()
             del self._partitions[partition]
             self.metrics.leases_held = len(self.held_partitions)
             log.warning("partition lost", partition=str(partition))
+            release = self._release_from_sinks(partition, state.task)
+            if release is not None and state.task is not asyncio.current_task():
+                await asyncio.wait({release})
             return
         if state.task is not None:
             await asyncio.wait({state.task})
-        await self._until_idle(state.tracker.idle)
+        # Lost meanwhile (a Kafka revoke that ran out of time, a rejected checkpoint): nothing to wait for.
+        await self._until_idle(lambda: state.lost or state.tracker.idle())
+        if state.lost:
+            return
         await self._checkpoint(partition, state)
         # Gone already if the checkpoint was rejected (revoked as lost) or the partition ended meanwhile.
         if self._partitions.get(partition) is state:
             del self._partitions[partition]
         self.metrics.leases_held = len(self.held_partitions)
+        if not state.lost:
+            await self._revoke_in_sinks(partition)
         log.info("partition released", partition=str(partition))
+
+    def _release_from_sinks(self, partition: Partition, task: asyncio.Task[None] | None) -> asyncio.Task[None] | None:
+        """Once the lost partition's task has stopped, have every sink drop what it holds of the partition.
+
+        A task of its own: a partition task whose checkpoint is rejected revokes its own partition, and
+        must not wait for its own end."""
+        previous = self._releasing.get(partition)
+
+        async def release() -> None:
+            for earlier in (previous, task):
+                if earlier is not None:
+                    await asyncio.wait({earlier})
+            await self._revoke_in_sinks(partition)
+            if self._releasing.get(partition) is asyncio.current_task():
+                del self._releasing[partition]
+
+        if self._tg is None:
+            return None  # the pipeline is closing: its sinks are closed with whatever they hold
+        try:
+            release_task = self._tg.create_task(release(), name=f"revoke:{partition}")
+        except RuntimeError:  # the task group is finishing (a failure): same as closing
+            release().close()
+            return None
+        self._releasing[partition] = release_task
+        return release_task
+
+    async def _revoke_in_sinks(self, partition: Partition) -> None:
+        """The sinks and the dead-letter queue drop what they hold of ``partition``, unwritten."""
+        for sink in self.sinks:
+            await sink.revoke([partition])
+        if self.pipeline.dead_letters is not None:
+            await self.pipeline.dead_letters.revoke([partition])
 
     async def _consume(self, state: _PartitionState) -> None:
         reader, tracker = state.reader, state.tracker
         chain = self.pipeline.chain
         try:
+            releasing = self._releasing.get(reader.partition)
+            if releasing is not None:
+                # An earlier reader of this partition was lost: its records must be out of the sinks
+                # before the replay goes in, or a sink could append the replay to them.
+                await asyncio.wait({releasing})
             async for source_batch in reader.batches():
                 batch = source_batch.batch
                 nbytes = batch.total_bytes()
@@ -332,6 +382,8 @@ class Runtime:
         if self._partitions.get(partition) is state:
             del self._partitions[partition]
         self.metrics.leases_held = len(self.held_partitions)
+        if not state.lost:
+            await self._revoke_in_sinks(partition)  # nothing is buffered; sinks forget its state
         log.info("partition ended", partition=str(partition))
 
     async def _dead_letter_unreadable(self, batch: RecordBatch, failed: dict[int, str]) -> RecordBatch:
@@ -404,6 +456,8 @@ class Runtime:
                 await self._checkpoint(partition, state)
 
     async def _checkpoint(self, partition: Partition, state: _PartitionState) -> None:
+        if state.lost:
+            return  # another worker owns it now; late acknowledgements of its records prove nothing here
         position: Any = state.tracker.checkpoint_position()
         if position is None:
             return
@@ -416,6 +470,11 @@ class Runtime:
             except CheckpointRejected as exc:
                 log.warning("checkpoint rejected; partition lost", partition=str(partition), error=str(exc))
                 await self.revoke(partition, graceful=False)
+                return
+            except CheckpointDeferred as exc:
+                # Not written: not remembered as saved either, so the next interval writes it even if the
+                # position has not moved (the end of a quiet shard would otherwise never be checkpointed).
+                log.warning("checkpoint not written; retried next interval", partition=str(partition), error=str(exc))
                 return
         self._last_saved[partition] = checkpoint
         self.metrics.checkpointed(partition)

@@ -3,7 +3,8 @@
 :class:`Sink` is the contract the runtime drives: ``submit`` hands over records (and may wait, which is
 backpressure), ``flush`` writes everything buffered, ``run`` is a background loop for timers. A sink
 acknowledges a record only once the service confirmed it, and hands records it cannot write for good to
-the dead-letter queue with the reason.
+the dead-letter queue with the reason. ``revoke`` tells it that partitions moved away (a Kinesis lease lost
+or handed off, a Kafka revoke, the end of a Lambda invocation): it drops what it holds of them, unwritten.
 
 :class:`BufferedSink` does the batching most sinks need: it collects records across partitions and writes
 when a count, a byte size or an age is reached, with a bounded number of writes in flight.
@@ -14,15 +15,16 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import msgspec
 import numpy as np
+import structlog
 
-from streamkit.batch import RecordBatch
-from streamkit.config import Size
+from streamkit.batch import Partition, RecordBatch
+from streamkit.config import PositiveInt, PositiveSeconds, Size
 from streamkit.processor import Failure
 from streamkit.retry import RetryPolicy
 
@@ -32,15 +34,17 @@ if TYPE_CHECKING:
 
 Item = TypeVar("Item")
 
+log = structlog.get_logger("streamkit.sink")
+
 
 class BufferOptions(msgspec.Struct, forbid_unknown_fields=True):
     """When a buffered sink writes: whichever limit is reached first."""
 
-    max_records: int = 500
+    max_records: PositiveInt = 500
     max_bytes: Size = Size(4 * 1024**2)
-    max_age_s: float = 1.0
+    max_age_s: PositiveSeconds = 1.0
     """A quiet partition's records are written after at most this long (a timer, not the next record)."""
-    max_concurrent_writes: int = 4
+    max_concurrent_writes: PositiveInt = 4
     retry: RetryPolicy = RetryPolicy()
 
 
@@ -91,6 +95,18 @@ class Sink(ABC):
 
     async def close(self) -> None:
         """Release clients. Called after the final flush."""
+
+    async def revoke(self, partitions: Collection[Partition]) -> None:
+        """These partitions are no longer this runtime's: drop what the sink holds of them, never write it.
+
+        Called when a partition moves away without (or after) a drain: a Kinesis lease lost or handed
+        off, a Kafka revoke, and at the end of every Lambda invocation for the event's partitions. Their
+        records that are buffered and not acknowledged are discarded (the next owner replays them from the
+        checkpoint, so a sink with deterministic object keys writes the very same objects again); writes
+        that hold only their records are cancelled; write errors that concern only them are forgotten, so
+        nothing of a failed invocation or a lost lease reaches the next one. Acknowledge nothing here.
+        A sink that keeps no per-partition state needs nothing (the default); a sink with its own
+        buffering must implement it (docs/plugins.md)."""
 
     # -- helpers for implementations -------------------------------------------------------------
     def record_retry(self, *, throttled: bool) -> None:
@@ -144,6 +160,20 @@ class Buffer(Generic[Item]):
         self.items, self.records, self.nbytes, self.since = [], 0, 0, None
         return items, records, nbytes
 
+    def drop(self, unwanted: Callable[[Item], bool], measure: Callable[[Item], tuple[int, int]]) -> int:
+        """Remove the items ``unwanted`` picks; return how many records they held."""
+        kept = [item for item in self.items if not unwanted(item)]
+        if len(kept) == len(self.items):
+            return 0
+        before = self.records
+        since = self.since
+        self.take()
+        for item in kept:
+            self.add(item, *measure(item))
+        if kept:
+            self.since = since  # the age timer still counts from the oldest record kept
+        return before - self.records
+
 
 class BufferedWriter(ABC, Generic[Item]):
     """Batching, timers and bounded concurrent writes; the common engine of buffered sinks and the DLQ."""
@@ -151,14 +181,21 @@ class BufferedWriter(ABC, Generic[Item]):
     def __init__(self, options: BufferOptions) -> None:
         self.buffer_options = options
         self._buffer: Buffer[Item] = Buffer()
-        self._writes: set[asyncio.Task[None]] = set()
+        self._writes: dict[asyncio.Task[None], frozenset[Partition]] = {}
+        """Writes in flight, with the partitions their records came from."""
         self._slots = asyncio.Semaphore(options.max_concurrent_writes)
-        self._errors: asyncio.Queue[BaseException] = asyncio.Queue()
+        self._errors: list[tuple[frozenset[Partition], BaseException]] = []
+        """Errors of failed writes not yet raised, with the partitions the write held."""
+        self._failed = asyncio.Event()
         self._wake = asyncio.Event()
 
     @abstractmethod
     def measure(self, item: Item) -> tuple[int, int]:
         """(records, bytes) of an item."""
+
+    @abstractmethod
+    def partition_of(self, item: Item) -> Partition:
+        """The source partition of an item's records."""
 
     @abstractmethod
     async def write_items(self, items: list[Item]) -> None:
@@ -179,18 +216,23 @@ class BufferedWriter(ABC, Generic[Item]):
         items, _, _ = self._buffer.take()
         # Waiting for a slot is the backpressure a slow destination puts on the partitions.
         await self._slots.acquire()
-        task = asyncio.get_running_loop().create_task(self._run_write(items))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
+        partitions = frozenset(map(self.partition_of, items))
+        task = asyncio.get_running_loop().create_task(self._run_write(items, partitions))
+        self._writes[task] = partitions
+        task.add_done_callback(self._write_done)
 
-    async def _run_write(self, items: list[Item]) -> None:
+    def _write_done(self, task: asyncio.Task[None]) -> None:
+        self._writes.pop(task, None)
+
+    async def _run_write(self, items: list[Item], partitions: frozenset[Partition]) -> None:
         began = time.perf_counter()
         failed = False
         try:
             await self.write_items(items)
         except Exception as exc:
             failed = True
-            self._errors.put_nowait(exc)
+            self._errors.append((partitions, exc))
+            self._failed.set()
         finally:
             self._slots.release()
             self.observe_write(time.perf_counter() - began, failed)
@@ -201,12 +243,42 @@ class BufferedWriter(ABC, Generic[Item]):
     async def flush(self) -> None:
         await self._dispatch()
         while self._writes:
-            await asyncio.gather(*list(self._writes))
+            # wait, not gather: a write that revoke() cancelled must not cancel the flush.
+            await asyncio.wait(list(self._writes))
         self._raise_pending()
 
     def _raise_pending(self) -> None:
-        if not self._errors.empty():
-            raise self._errors.get_nowait()
+        if self._errors:
+            _, error = self._errors.pop(0)
+            if not self._errors:
+                self._failed.clear()
+            raise error
+
+    async def revoke(self, partitions: Collection[Partition]) -> None:
+        """Drop the buffered items of ``partitions``, cancel writes holding nothing else, forget their errors.
+
+        A write that also holds records of partitions still owned goes on: cancelling it would leave
+        those records unacknowledged for good."""
+        gone = frozenset(partitions)
+        if not gone:
+            return
+        dropped = self._buffer.drop(lambda item: self.partition_of(item) in gone, self.measure)
+        doomed = [task for task, held in self._writes.items() if held <= gone]
+        for task in doomed:
+            task.cancel()
+        if doomed:
+            await asyncio.wait(doomed)
+        self._errors = [(held, error) for held, error in self._errors if not held <= gone]
+        if not self._errors:
+            self._failed.clear()
+        if dropped or doomed:
+            log.info(
+                "revoked partitions dropped from the buffer",
+                writer=type(self).__name__,
+                partitions=sorted(map(str, gone)),
+                records=dropped,
+                writes_cancelled=len(doomed),
+            )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Write buffers that reached their age; surface write errors into the runtime's task group."""
@@ -216,16 +288,12 @@ class BufferedWriter(ABC, Generic[Item]):
             while not stop.is_set():
                 since = self._buffer.since
                 timeout = max_age if since is None else max(0.0, since + max_age - time.monotonic())
-                error = asyncio.ensure_future(self._errors.get())
+                failed = asyncio.ensure_future(self._failed.wait())
                 woken = asyncio.ensure_future(self._wake.wait())
-                done, _ = await asyncio.wait(
-                    {stopping, error, woken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                for pending in (error, woken):
-                    if pending not in done:
-                        pending.cancel()
-                if error in done:
-                    raise error.result()
+                await asyncio.wait({stopping, failed, woken}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                failed.cancel()
+                woken.cancel()
+                self._raise_pending()
                 self._wake.clear()
                 since = self._buffer.since
                 if since is not None and time.monotonic() - since >= max_age:
@@ -245,6 +313,9 @@ class BufferedSink(Sink, BufferedWriter[RecordBatch]):
     def measure(self, item: RecordBatch) -> tuple[int, int]:
         return len(item), item.total_bytes()
 
+    def partition_of(self, item: RecordBatch) -> Partition:
+        return item.partition
+
     async def submit(self, batch: RecordBatch) -> None:
         await self.add(batch)
 
@@ -253,6 +324,9 @@ class BufferedSink(Sink, BufferedWriter[RecordBatch]):
 
     async def run(self, stop: asyncio.Event) -> None:
         await BufferedWriter.run(self, stop)
+
+    async def revoke(self, partitions: Collection[Partition]) -> None:
+        await BufferedWriter.revoke(self, partitions)
 
     async def write_items(self, items: list[RecordBatch]) -> None:
         rejections = await self.write(items)

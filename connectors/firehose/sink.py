@@ -44,9 +44,9 @@ from streamkit.connectors.firehose.records import (
 
 from streamkit.batch import RecordBatch, chunk_bounds
 from streamkit.build import BuildEnv
-from streamkit.config import Size
+from streamkit.config import PositiveInt, Size
 from streamkit.errors import ConfigError, SinkError
-from streamkit.retry import RetryPolicy
+from streamkit.retry import RetryBudget, RetryPolicy
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 
 log = structlog.get_logger("streamkit.connectors.firehose")
@@ -65,7 +65,8 @@ _DIRECT_PUT = "DirectPut"
 class FirehoseOptions(BufferOptions, kw_only=True, forbid_unknown_fields=True):
     stream: str
     """The delivery stream name (a DirectPut stream)."""
-    max_records: int = MAX_REQUEST_RECORDS
+    max_records: PositiveInt = MAX_REQUEST_RECORDS
+    """Records buffered before a write; a write sends them in requests of at most the service's limit."""
     max_bytes: Size = Size(MAX_REQUEST_BYTES)
     newline: bool = True
     """Append ``\\n`` to every record: Firehose concatenates records, so NDJSON needs the delimiter."""
@@ -158,6 +159,7 @@ class FirehoseSink(BufferedSink):
         pending = indices
         rejected: list[Rejection] = []
         attempt = 0
+        budget = self.retry.budget()
         while pending:
             attempt += 1
             self.requests += 1
@@ -169,19 +171,19 @@ class FirehoseSink(BufferedSink):
                     DeliveryStreamName=self.stream, Records=[{"Data": data[i]} for i in pending]
                 )
             except SDK_ERRORS as exc:
-                outcome = self._call_failed(exc, pending, attempt)
+                outcome = self._call_failed(exc, pending, attempt, budget)
                 if isinstance(outcome, Rejection):
                     return [*rejected, outcome]
                 if outcome == "split":
                     return [*rejected, *await self._bisect(pending, data, top=not half)]
-                await self._backoff(attempt)
+                await asyncio.sleep(budget.delay(attempt))
                 continue
             pending = self._read_results(response, pending, rejected, attempt)
             if pending:
-                if self.retry.exhausted(attempt):
+                if budget.exhausted(attempt):
                     raise SinkError(
-                        f"Firehose stream {self.stream!r}: {len(pending)} record(s) still failing after "
-                        f"{attempt} attempts; nothing of them is acknowledged, a restart replays them",
+                        f"Firehose stream {self.stream!r}: {len(pending)} record(s) still failing "
+                        f"{budget.describe(attempt)}; nothing of them is acknowledged, a restart replays them",
                         retryable=True,
                     )
                 log.info(
@@ -190,7 +192,7 @@ class FirehoseSink(BufferedSink):
                     failed=len(pending),
                     attempt=attempt,
                 )
-                await self._backoff(attempt)
+                await asyncio.sleep(budget.delay(attempt))
         return rejected
 
     async def _bisect(self, pending: list[int], data: list[bytes], *, top: bool) -> list[Rejection]:
@@ -208,7 +210,7 @@ class FirehoseSink(BufferedSink):
         return rejected
 
     def _call_failed(
-        self, exc: BaseException, pending: list[int], attempt: int
+        self, exc: BaseException, pending: list[int], attempt: int, budget: RetryBudget
     ) -> Rejection | Literal["retry", "split"]:
         """Classify an error of the whole call: ``"retry"``, ``"split"``, a Rejection, or raise SinkError."""
         code = error_code(exc)
@@ -221,8 +223,8 @@ class FirehoseSink(BufferedSink):
             return "split"
         if not is_transient(exc):
             raise SinkError(f"{what}: unexpected {describe_error(exc)}; stopping without acknowledging")
-        if self.retry.exhausted(attempt):
-            raise SinkError(f"{what}: still {describe_error(exc)} after {attempt} attempts", retryable=True)
+        if budget.exhausted(attempt):
+            raise SinkError(f"{what}: still {describe_error(exc)} {budget.describe(attempt)}", retryable=True)
         log.info("firehose call failed, retrying", stream=self.stream, error=describe_error(exc), attempt=attempt)
         return "retry"
 
@@ -255,6 +257,3 @@ class FirehoseSink(BufferedSink):
         if errors != failed_count:
             log.warning("FailedPutCount disagrees with the per-record results", reported=failed_count, found=errors)
         return retry
-
-    async def _backoff(self, attempt: int) -> None:
-        await asyncio.sleep(self.retry.delay(attempt))

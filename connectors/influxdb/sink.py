@@ -24,9 +24,10 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import msgspec
 import numpy as np
 import structlog
 from isal import igzip
@@ -37,7 +38,7 @@ from streamkit.connectors.timestream.mapping import TimeOptions
 
 from streamkit.batch import RecordBatch, chunk_bounds
 from streamkit.build import BuildEnv
-from streamkit.config import Size
+from streamkit.config import PositiveInt, PositiveSeconds, Size
 from streamkit.errors import ConfigError, SinkError
 from streamkit.retry import retry
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
@@ -82,13 +83,13 @@ class InfluxDBOptions(BufferOptions, kw_only=True, forbid_unknown_fields=True):
     token_secret_key: str = "token"
     token_env: str | None = None
     """Environment variable holding the token (instead of ``token_secret``)."""
-    max_records: int = 5000
+    max_records: PositiveInt = 5000
     max_bytes: Size = Size(4 * 1024**2)
     """Line-protocol bytes per request, before compression."""
-    max_retry_after_s: float = 60.0
+    max_retry_after_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 60.0
     """The longest ``Retry-After`` honoured; a longer one is cut to this."""
-    connect_timeout_s: float = 5.0
-    request_timeout_s: float = 30.0
+    connect_timeout_s: PositiveSeconds = 5.0
+    request_timeout_s: PositiveSeconds = 30.0
     allow_plain_http: bool = False
     """Send the token over ``http://`` to a host other than loopback (it travels in clear text)."""
 

@@ -3,7 +3,7 @@
 Each mechanism allows a fixed set of keys; a key that does not belong to the chosen mechanism is an
 error at start-up rather than silently ignored (a ``password`` next to ``mechanism: iam`` usually means
 the wrong listener port). Secrets come from the environment through ``${VAR}`` in the pipeline file and
-are never logged: :func:`redacted` is what log lines show of a librdkafka configuration.
+are never logged: :func:`streamkit.redact.redacted` is what log lines show of a librdkafka configuration.
 
 MSK listeners: IAM on port 9098, SASL/SCRAM on 9096, TLS (and mutual TLS) on 9094, plaintext on 9092.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +39,6 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
     "mtls": ("certificate_location", "key_location"),
 }
 _PATH_KEYS = ("ca_location", "certificate_location", "key_location")
-_SECRET_SETTINGS = ("sasl.password", "ssl.key.password", "sasl.oauthbearer.client.secret", "oauth_cb")
 
 
 class AuthOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -163,8 +162,3 @@ class IamTokenProvider:
 
     def __repr__(self) -> str:
         return f"IamTokenProvider(region={self.region!r})"
-
-
-def redacted(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """``settings`` fit for a log line: secrets replaced."""
-    return {k: ("***" if k in _SECRET_SETTINGS else v) for k, v in settings.items()}

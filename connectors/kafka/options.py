@@ -9,11 +9,11 @@ offers can be passed through ``librdkafka:``.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
-from streamkit.config import Size
+from streamkit.config import NonNegativeSeconds, PositiveInt, PositiveSeconds, Size
 from streamkit.errors import ConfigError
 
 from .auth import AuthOptions, librdkafka_auth
@@ -35,29 +35,29 @@ class KafkaOptions(msgspec.Struct, forbid_unknown_fields=True):
     auth: AuthOptions = msgspec.field(default_factory=AuthOptions)
     client_id: str | None = None
     """Shown in broker logs and metrics; defaults to ``streamkit-<pipeline name>``."""
-    batch_size: int = 1000
+    batch_size: PositiveInt = 1000
     """The most records in one batch of a partition (what processors work on at a time). Around a thousand
     keeps a batch's decoded values in the CPU cache through the whole chain; 10,000 measured slower."""
-    consume_batch: int = 10_000
+    consume_batch: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
     """Messages taken from librdkafka's queue per call (across partitions)."""
-    poll_timeout_s: float = 0.1
+    poll_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 0.1
     """How long one fetch waits for messages; also how soon a checkpoint is committed after it is taken."""
     buffer: Size = Size(32 * 1024**2)
     """Bytes handed over by the consumer and not yet taken by the pipeline, all partitions together. Above
     it no more messages are taken from librdkafka's queue (itself bounded by ``queued.max.messages.kbytes``,
     64 MiB by default), so memory stays bounded when sinks are slow. A partition holding more than twice
     its fair share of it (a stuck partition) is paused at the broker until half of that is taken."""
-    fetch_queue_backoff_ms: int = 10
+    fetch_queue_backoff_ms: Annotated[int, msgspec.Meta(ge=0, le=300_000)] = 10
     """librdkafka's default (1000) stalls a partition for a second once its local queue is full: 10x
     slower on a fast pipeline (PERF_FACTS.md)."""
-    session_timeout_ms: int = 45_000
+    session_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=3_600_000)] = 45_000
     """A worker that stops heartbeating (crashed, SIGKILL) loses its partitions after this long."""
-    max_poll_interval_ms: int = 300_000
+    max_poll_interval_ms: Annotated[int, msgspec.Meta(ge=1, le=86_400_000)] = 300_000
     """The rebalance deadline: a revoked partition must be flushed and committed within it."""
-    revoke_timeout_s: float = 60.0
+    revoke_timeout_s: PositiveSeconds = 60.0
     """How long a rebalance waits for revoked partitions to drain to the sinks and commit; must be below
     max_poll_interval_ms. Past it the partitions are dropped uncommitted (their records are replayed)."""
-    lag_interval_s: float = 10.0
+    lag_interval_s: NonNegativeSeconds = 10.0
     """How often consumer lag is measured and logged (0 turns it off)."""
     tombstones: Literal["skip", "keep"] = "skip"
     """Records without a value (compaction deletes): skipped, or kept with an empty payload."""
@@ -120,21 +120,6 @@ def check_options(options: KafkaOptions, where: str) -> None:
         raise ConfigError(f"{where}.bootstrap_servers", "expected host:port[,host:port...]")
     if not options.group_id.strip():
         raise ConfigError(f"{where}.group_id", "expected a consumer group name")
-    positive: dict[str, float] = {
-        "batch_size": options.batch_size,
-        "consume_batch": options.consume_batch,
-        "buffer": options.buffer,
-        "poll_timeout_s": options.poll_timeout_s,
-        "session_timeout_ms": options.session_timeout_ms,
-        "max_poll_interval_ms": options.max_poll_interval_ms,
-        "revoke_timeout_s": options.revoke_timeout_s,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{where}.{key}", f"expected a positive number, got {value}")
-    if options.fetch_queue_backoff_ms < 0 or options.lag_interval_s < 0:
-        key = "fetch_queue_backoff_ms" if options.fetch_queue_backoff_ms < 0 else "lag_interval_s"
-        raise ConfigError(f"{where}.{key}", "expected zero or more")
     if options.max_poll_interval_ms < options.session_timeout_ms:
         raise ConfigError(f"{where}.max_poll_interval_ms", "must be at least session_timeout_ms (Kafka rule)")
     if options.revoke_timeout_s * 1000 >= options.max_poll_interval_ms:

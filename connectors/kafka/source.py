@@ -19,9 +19,10 @@ import structlog
 from streamkit.batch import Partition
 from streamkit.checkpoint import CheckpointStore
 from streamkit.errors import ConfigError
+from streamkit.redact import redacted, scrub
 from streamkit.source import PartitionHost, PartitionReader, Source, SourceBatch
 
-from .auth import check_auth, check_files, redacted
+from .auth import check_auth, check_files
 from .feed import PartitionFeed, TopicPartitionKey, to_batch
 from .lag import PartitionLag
 from .logs import KafkaErrors, LibrdkafkaLog
@@ -120,7 +121,9 @@ class KafkaSource(Source):
         try:
             consumer = Consumer(config)
         except KafkaException as exc:
-            raise ConfigError(f"{self.where}.librdkafka", f"rejected by librdkafka: {exc.args[0].str()}") from None
+            # librdkafka quotes the rejected value ("Invalid value ... for ssl.key.pem"): never a secret in it.
+            message = scrub(exc.args[0].str(), config)
+            raise ConfigError(f"{self.where}.librdkafka", f"rejected by librdkafka: {message}") from None
         try:
             metadata = consumer.list_topics(timeout=_CONNECT_TIMEOUT_S)
         except KafkaException as exc:

@@ -85,7 +85,7 @@ class ReadSettings:
     read_bytes_per_second: int = 2 * 1024**2
     idle_poll_s: float = 1.0
     deaggregate: bool = True
-    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_attempts=0, base_delay_s=0.2, max_delay_s=10.0))
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_elapsed_s=0, base_delay_s=0.2, max_delay_s=10.0))
 
 
 @dataclass(frozen=True)

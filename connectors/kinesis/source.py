@@ -15,7 +15,7 @@ import asyncio
 import datetime as dt
 from collections import Counter
 from contextlib import AsyncExitStack
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import structlog
@@ -37,8 +37,8 @@ from streamkit.connectors.kinesis.streams import ConfiguredStream, StreamOptions
 
 from streamkit.batch import Partition
 from streamkit.checkpoint import CheckpointStore
-from streamkit.config import AwsSettings, Size
-from streamkit.errors import CheckpointRejected, ConfigError
+from streamkit.config import AwsSettings, PositiveInt, PositiveSeconds, Size
+from streamkit.errors import CheckpointDeferred, CheckpointRejected, ConfigError
 from streamkit.retry import RetryPolicy
 from streamkit.share import process_share
 from streamkit.source import PartitionHost, Source
@@ -62,27 +62,29 @@ class KinesisSourceOptions(msgspec.Struct, forbid_unknown_fields=True):
     """DynamoDB lease table; default ``<pipeline name>-leases``. Created if missing (on-demand billing)."""
     worker_id: str | None = None
     """Unique per process; default hostname + PID + a random suffix (every container is PID 1)."""
-    failover_time_s: float = 10.0
+    failover_time_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 10.0
     """A lease whose counter has not moved this long is expired (KCL's failoverTimeMillis)."""
-    taker_interval_s: float | None = None
+    taker_interval_s: PositiveSeconds | None = None
     """How often to take and balance leases; default failover_time_s."""
-    max_leases: int | None = None
+    max_leases: PositiveInt | None = None
     graceful_handoff: bool = True
-    max_records_per_call: int = 10_000
-    reads_per_second: float = 5.0
+    max_records_per_call: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 10_000
+    reads_per_second: Annotated[float, msgspec.Meta(gt=0, le=5)] = 5.0
     """GetRecords calls per shard per second for this consumer. The service allows 5 per shard for all
     polling consumers together: give each application its share."""
     read_bytes_per_second: Size = Size(2 * 1024**2)
     """Bytes per shard per second for this consumer (the service allows 2 MiB/s for all together)."""
-    idle_poll_s: float = 1.0
+    idle_poll_s: PositiveSeconds = 1.0
     """Poll interval once a shard is at its tip."""
-    shard_sync_interval_s: float = 30.0
+    shard_sync_interval_s: PositiveSeconds = 30.0
     """How often new shards (after resharding) are discovered."""
     finished_lease_retention_s: float | None = 300.0
     """Delete a finished (SHARD_END) lease this long after every child shard started (the KCL's lease
     clean-up); null keeps finished leases."""
     deaggregate: bool = True
-    retry: RetryPolicy = RetryPolicy(max_attempts=0, base_delay_s=0.2, max_delay_s=10.0)
+    retry: RetryPolicy = RetryPolicy(max_elapsed_s=0, base_delay_s=0.2, max_delay_s=10.0)
+    """Kinesis and lease-table calls are retried until shutdown by default (max_elapsed_s 0): a stream
+    outage pauses reading, and nothing is lost by waiting."""
 
 
 def _stream_options(options: KinesisSourceOptions, where: str) -> list[StreamOptions]:
@@ -153,9 +155,9 @@ class LeaseCheckpointStore(CheckpointStore):
             if not exc.retryable:
                 raise
             # DynamoDB throttled or failed beyond the lease table's retries. The lease is still ours (or the
-            # renewals will find out it is not): skip this checkpoint instead of stopping the worker. The next
-            # one covers these records; if none comes, they are read again (at-least-once, never lost).
-            log.warning("checkpoint not written; the next one will cover it", partition=str(partition), error=str(exc))
+            # renewals will find out it is not): the runtime writes this checkpoint again at the next
+            # interval instead of stopping the worker (at-least-once, never lost).
+            raise CheckpointDeferred(str(exc)) from exc
 
 
 class KinesisSource(Source):
@@ -430,6 +432,7 @@ class KinesisSource(Source):
         ]
         self._readers.pop(lease_key, None)
         attempt = 0
+        budget = self.options.retry.budget()
         while True:
             try:
                 await self.coordinator.finish_shard(lease_key, infos)
@@ -443,10 +446,10 @@ class KinesisSource(Source):
             except LeaseTableError as exc:
                 # Until SHARD_END is written the children cannot be read: keep trying (the lease stays renewed).
                 attempt += 1
-                if not exc.retryable or self.options.retry.exhausted(attempt):
+                if not exc.retryable or budget.exhausted(attempt):
                     raise
                 log.warning("could not mark the shard's end yet; retrying", shard=lease_key, error=str(exc))
-                await asyncio.sleep(self.options.retry.delay(attempt))
+                await asyncio.sleep(budget.delay(attempt))
         log.info("shard ended", shard=lease_key, children=[c.shard_id for c in children])
 
     # -- shard discovery -------------------------------------------------------------------------

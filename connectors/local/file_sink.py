@@ -18,7 +18,7 @@ from typing import Any, Literal
 from isal import igzip
 
 from streamkit.batch import RecordBatch, concat_payloads
-from streamkit.config import Size
+from streamkit.config import PositiveInt, PositiveSeconds, Size
 from streamkit.errors import ConfigError
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 
@@ -26,9 +26,9 @@ from streamkit.sink import BufferedSink, BufferOptions, Rejection
 class FileSinkOptions(BufferOptions, forbid_unknown_fields=True):
     path: str = "output"
     compression: Literal["none", "gzip"] = "none"
-    max_records: int = 10_000
+    max_records: PositiveInt = 10_000
     max_bytes: Size = Size(16 * 1024**2)
-    max_age_s: float = 5.0
+    max_age_s: PositiveSeconds = 5.0
 
 
 class FileSink(BufferedSink):

@@ -12,6 +12,7 @@ import msgspec
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.checkpoint import CheckpointStore
+from streamkit.config import PositiveInt
 from streamkit.errors import ConfigError
 from streamkit.share import process_share
 from streamkit.source import PartitionHost, PartitionReader, Source, SourceBatch
@@ -20,7 +21,7 @@ from streamkit.source import PartitionHost, PartitionReader, Source, SourceBatch
 class FileSourceOptions(msgspec.Struct, forbid_unknown_fields=True):
     path: str
     """A file or a glob pattern (``data/*.ndjson``); relative to the pipeline file."""
-    batch_size: int = 1000
+    batch_size: PositiveInt = 1000
 
 
 class FileReader(PartitionReader):

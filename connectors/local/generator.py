@@ -10,7 +10,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -18,6 +18,7 @@ import orjson
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.checkpoint import CheckpointStore
+from streamkit.config import NonNegativeInt, PositiveInt, Ratio
 from streamkit.share import process_share
 from streamkit.source import PartitionHost, PartitionReader, Source, SourceBatch
 
@@ -26,18 +27,18 @@ BASE_TIME_MS = 1_795_000_000_000  # 2026-11-18, a fixed origin so event times ar
 
 
 class GeneratorOptions(msgspec.Struct, forbid_unknown_fields=True):
-    count: int = 10_000
+    count: NonNegativeInt = 10_000
     """Records per partition; 0 means unbounded (run until stopped)."""
-    partitions: int = 1
-    batch_size: int = 500
-    record_bytes: int = 1000
+    partitions: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1
+    batch_size: PositiveInt = 500
+    record_bytes: Annotated[int, msgspec.Meta(ge=1, le=10 * 1024**2)] = 1000
     """Approximate size of each JSON record (padding makes up the difference)."""
-    rate: float = 0.0
+    rate: Annotated[float, msgspec.Meta(ge=0)] = 0.0
     """Records per second per partition; 0 means as fast as possible."""
-    seed: int = 42
-    error_ratio: float = 0.1
+    seed: NonNegativeInt = 42
+    error_ratio: Ratio = 0.1
     """Share of records with ``"status": "err"`` (for filters)."""
-    invalid_ratio: float = 0.0
+    invalid_ratio: Ratio = 0.0
     """Share of records that are not valid JSON (poison records for the dead-letter queue)."""
     stream: str = "generator"
 

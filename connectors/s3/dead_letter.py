@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from typing import Literal
+from typing import Annotated, Literal
 
+import msgspec
 import structlog
 from isal import igzip
 from streamkit.connectors.aws_clients import SDK_ERRORS, AwsClient, ClientOptions, describe_error, error_code
-from streamkit.connectors.s3.upload import Outcome, S3Requests, SseOptions
+from streamkit.connectors.s3.upload import ACCOUNT_ID, Outcome, S3Requests, SseOptions, owner_refused
 
 from streamkit.build import BuildEnv
-from streamkit.config import Size
+from streamkit.config import PositiveInt, PositiveSeconds, Size
 from streamkit.deadletter import DeadLetterQueue, encode_entries
 from streamkit.errors import ConfigError, SinkError
 from streamkit.processor import Failure
@@ -41,11 +42,13 @@ log = structlog.get_logger("streamkit.connectors.s3")
 
 class S3DeadLetterOptions(BufferOptions, kw_only=True, forbid_unknown_fields=True):
     bucket: str
+    expected_bucket_owner: Annotated[str, msgspec.Meta(pattern=ACCOUNT_ID)] | None = None
+    """The bucket owner's 12-digit account id, sent as ExpectedBucketOwner on every S3 call."""
     prefix: str = "dead-letter/"
     compression: Literal["gzip", "none"] = "gzip"
-    max_records: int = 10_000
+    max_records: PositiveInt = 10_000
     max_bytes: Size = Size(16 * 1024**2)
-    max_age_s: float = 5.0
+    max_age_s: PositiveSeconds = 5.0
     sse: SseOptions | None = None
     client: ClientOptions = ClientOptions()
 
@@ -82,7 +85,9 @@ class S3DeadLetter(DeadLetterQueue):
         self.where = where
         self.gzip = options.compression == "gzip"
         self.aws = AwsClient(env.aws, "s3", options.client)
-        self.requests = S3Requests(self.aws, options.bucket, retry=options.retry, sse=options.sse)
+        self.requests = S3Requests(
+            self.aws, options.bucket, retry=options.retry, sse=options.sse, expected_owner=options.expected_bucket_owner
+        )
         self.objects_written = 0
         self.objects_existing = 0
 
@@ -93,6 +98,10 @@ class S3DeadLetter(DeadLetterQueue):
             await client.head_bucket(Bucket=bucket)
         except SDK_ERRORS as exc:
             code = error_code(exc)
+            owner = self.options.expected_bucket_owner
+            if code in ("403", "AccessDenied") and owner:
+                await self.aws.close()
+                raise ConfigError(f"{self.where}.bucket", owner_refused(bucket, owner)) from None
             if code in ("403", "AccessDenied"):
                 return  # HeadBucket needs s3:ListBucket; writes will tell whether the bucket works
             await self.aws.close()

@@ -331,9 +331,10 @@ class Partitioner:
         return self._join(lambda p: p.render(at), lambda p: hive_escape(p.lookup(value)))
 
     def _join(self, time: Callable[[_TimePart], str], field: Callable[[_FieldPart], str]) -> str:
-        return "".join(
+        rendered = "".join(
             p if isinstance(p, str) else time(p) if isinstance(p, _TimePart) else field(p) for p in self._parts
         )
+        return _escape_dot_segments(rendered) if "." in rendered else rendered
 
     def group(
         self, event_time_ms: npt.ArrayLike | None = None, values: Sequence[Any] | None = None
@@ -417,6 +418,13 @@ def _combine(columns: list[Indexes], cardinalities: list[int]) -> tuple[npt.NDAr
     return combos, inverse.reshape(-1)
 
 
+def _escape_dot_segments(path: str) -> str:
+    """``.`` and ``..`` segments rendered from values, escaped as ``_key_component`` escapes stream and
+    shard names: HTTP clients and path libraries rewrite them (``safe/prefix/../file``). Hive segments
+    (``name=..``) are never bare dots, so only ``hive: false`` layouts reach this."""
+    return "/".join(s.replace(".", "%2E") if s in (".", "..") else s for s in path.split("/"))
+
+
 def _check_hive_layout(template: str, skeleton: str) -> None:
     """Every segment must be ``key=value`` with a literal lower-case key: what Athena discovers."""
     for segment in skeleton.split("/")[:-1]:
@@ -467,6 +475,8 @@ def compile_partitioner(template: str = DEFAULT_PARTITION_TEMPLATE, *, hive: boo
         raise TemplateError(f"partition template {template!r} must end with '/'")
     if "//" in skeleton or skeleton.startswith("/"):
         raise TemplateError(f"partition template {template!r}: empty path segment")
+    if {".", ".."} & set(skeleton.split("/")):
+        raise TemplateError(f"partition template {template!r}: '.' and '..' are not allowed as path segments")
     if hive:
         _check_hive_layout(template, skeleton)
     return Partitioner(template, parts)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from streamkit.connectors.aws_clients import ClientOptions
 from streamkit.connectors.s3.formats import MIN_PART_SIZE, InvalidFormatConfig, ObjectWriter, make_writer
 from streamkit.connectors.s3.keys import DEFAULT_KEY_TEMPLATE, DEFAULT_PARTITION_TEMPLATE
 from streamkit.connectors.s3.segments import SegmentRules
-from streamkit.connectors.s3.upload import MAX_PART_SIZE, SseOptions
+from streamkit.connectors.s3.upload import ACCOUNT_ID, MAX_PART_SIZE, SseOptions
 
 from streamkit.build import BuildEnv
-from streamkit.config import Size
+from streamkit.config import NonNegativeSeconds, PositiveInt, PositiveSeconds, Size
 from streamkit.errors import ConfigError
 from streamkit.retry import RetryPolicy
 
@@ -28,26 +28,29 @@ _OBJECT_OVERHEAD = {"ndjson": 64 * 1024, "avro": 16 * 1024, "parquet": 256 * 102
 
 class S3SinkOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bucket: str
+    expected_bucket_owner: Annotated[str, msgspec.Meta(pattern=ACCOUNT_ID)] | None = None
+    """The bucket owner's 12-digit account id, sent as ExpectedBucketOwner on every S3 call."""
     prefix: str = ""
     """Key prefix: empty, or ending with ``/`` (``raw/events/``)."""
     format: Literal["ndjson", "avro", "parquet"] = "ndjson"
     compression: str | None = None
     """ndjson: gzip (default), zstd, none. avro: deflate (default), zstd, none. parquet: see parquet_compression."""
-    level: int | None = None
+    level: Annotated[int, msgspec.Meta(ge=-131072, le=22)] | None = None
+    """Compression level; zstd takes -131072 to 22, the format checks its own range (gzip 0-3)."""
     avro_schema: dict[str, Any] | str | None = None
     """An Avro record schema, inline or the path of an .avsc file (required for avro, optional for parquet)."""
     parquet_compression: str = "zstd"
     key_template: str = DEFAULT_KEY_TEMPLATE
     partition_template: str = DEFAULT_PARTITION_TEMPLATE
     hive: bool = True
-    max_records: int = 1_000_000
+    max_records: PositiveInt = 1_000_000
     max_bytes: Size = Size(64 * MIB)
     """Encoded (compressed) size at which an object is closed."""
-    max_age_s: float = 60.0
+    max_age_s: PositiveSeconds = 60.0
     """A segment open this long is written, even if its partition went quiet."""
-    window_s: float | None = None
+    window_s: NonNegativeSeconds | None = None
     """Arrival-time window a segment never spans (default: max_age_s; 0 turns it off)."""
-    slice_records: int = 500
+    slice_records: PositiveInt = 500
     memory_budget: Size = Size(256 * MIB)
     """Encoded bytes held by all open and closing objects of this sink."""
     max_unacked_bytes: Size | None = None
@@ -56,7 +59,7 @@ class S3SinkOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     leave fetching stalled until max_age_s cuts the segments."""
     multipart_threshold: Size = Size(16 * MIB)
     part_size: Size = Size(8 * MIB)
-    max_concurrent_uploads: int = 8
+    max_concurrent_uploads: PositiveInt = 8
     sse: SseOptions | None = None
     retry: RetryPolicy = RetryPolicy()
     client: ClientOptions = ClientOptions()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import structlog
@@ -32,7 +33,7 @@ from streamkit.connectors.s3.settings import (
     unacked_limit,
     writer_factory,
 )
-from streamkit.connectors.s3.upload import Outcome, S3Requests
+from streamkit.connectors.s3.upload import Outcome, S3Requests, owner_refused
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import BuildEnv
@@ -113,11 +114,13 @@ class S3Sink(Sink):
             max_concurrent=options.max_concurrent_uploads,
             on_retry=lambda throttled: self.record_retry(throttled=throttled),
             on_write=self.observe_write,
+            expected_owner=options.expected_bucket_owner,
         )
         self.stats = S3SinkStats()
         self._shards: dict[Partition, _Shard] = {}
         self._closing: dict[asyncio.Task[None], Segment] = {}
-        self._errors: list[BaseException] = []
+        self._errors: list[tuple[Partition, BaseException]] = []
+        """Errors of segment writes, with the source partition of the segment."""
         self._failed = asyncio.Event()
         self._wake = asyncio.Event()
 
@@ -136,6 +139,9 @@ class S3Sink(Sink):
             if code not in ("403", "AccessDenied"):
                 await self.aws.close()
                 raise ConfigError(where, f"cannot reach bucket {bucket!r}: {describe_error(exc)}") from None
+            if self.options.expected_bucket_owner:  # the probe below reads a 403 as "absent": decide here
+                await self.aws.close()
+                raise ConfigError(where, owner_refused(bucket, self.options.expected_bucket_owner)) from None
             # HeadBucket needs s3:ListBucket, which the sink does not: check with a write right instead.
             try:
                 await self.requests.exists(f"{self.options.prefix}_streamkit-access-check")
@@ -217,9 +223,10 @@ class S3Sink(Sink):
         return task
 
     def _closed(self, task: asyncio.Task[None]) -> None:
-        self._closing.pop(task, None)
-        if not task.cancelled() and task.exception() is not None:
-            self._errors.append(task.exception())  # type: ignore[arg-type]
+        segment = self._closing.pop(task, None)
+        error = None if task.cancelled() else task.exception()
+        if error is not None and segment is not None:
+            self._errors.append((segment.partition, error))
             self._failed.set()
 
     def _totals(self) -> tuple[int, int]:
@@ -318,7 +325,48 @@ class S3Sink(Sink):
 
     def _raise_error(self) -> None:
         if self._errors:
-            raise self._errors[0]
+            raise self._errors[0][1]
+
+    # -- partitions that moved away --------------------------------------------------------------
+    async def revoke(self, partitions: Collection[Partition]) -> None:
+        """Drop the open segment and the segments being written of each partition, never writing them.
+
+        Their records are not acknowledged: the next owner (or the next Lambda invocation) replays them
+        from the checkpoint, and since segments are cut deterministically from the checkpoint on, the
+        replay writes the same keys. Kept, the open segment would receive that replay after its own
+        records: an object whose order runs backwards under a key whose positions are wrong."""
+        gone = set(partitions)
+        dropped: list[Segment] = []
+        for partition in gone:
+            shard = self._shards.get(partition)
+            if shard is None:
+                continue
+            async with shard.lock:
+                if shard.segments.segment is not None:
+                    dropped.append(shard.segments.segment)
+                    shard.segments.segment = None
+                if self._shards.get(partition) is shard:
+                    del self._shards[partition]
+        writing = [task for task, segment in self._closing.items() if segment.partition in gone]
+        for task in writing:
+            dropped.append(self._closing[task])
+            task.cancel()
+        if writing:
+            await asyncio.wait(writing)
+        for segment in dropped:
+            await self._abort(segment)  # parts of a streamed object: never completed
+        self._errors = [(partition, error) for partition, error in self._errors if partition not in gone]
+        if not self._errors:
+            self._failed.clear()
+        records = sum(s.records + s.pending_records for s in dropped)
+        if records:
+            log.info(
+                "revoked partitions: unwritten s3 segments dropped",
+                sink=self.name,
+                partitions=sorted(map(str, gone)),
+                segments=len(dropped),
+                records=records,
+            )
 
     # -- writing objects -------------------------------------------------------------------------
     def _key(self, partition: Partition, obj: OpenObject, last: PositionLike) -> str:

@@ -36,13 +36,23 @@ from streamkit.connectors.aws_clients import (
     AwsClient,
     describe_error,
     error_code,
+    is_access_error,
     is_transient,
 )
 
 from streamkit.errors import SinkError
 from streamkit.retry import RetryPolicy
 
-__all__ = ["MAX_PART_SIZE", "MultipartUpload", "Outcome", "S3Requests", "SseOptions"]
+__all__ = [
+    "ACCOUNT_ID",
+    "MAX_PART_SIZE",
+    "MultipartUpload",
+    "Outcome",
+    "S3Requests",
+    "SseOptions",
+    "owner_refused",
+    "send_expected_owner",
+]
 
 log = structlog.get_logger("streamkit.connectors.s3")
 
@@ -55,6 +65,30 @@ _MAX_PARTS: Final = 10_000
 _NO_ETAG: Final = '"streamkit-existence-probe"'
 # Answers to an existence check that mean "no such key" (403: see S3Requests.exists).
 _ABSENT_CODES: Final = frozenset({"NoSuchKey", "404", "AccessDenied", "403"})
+
+
+ACCOUNT_ID: Final = r"^[0-9]{12}$"
+"""What ``expected_bucket_owner`` takes: a 12-digit AWS account id."""
+
+
+def send_expected_owner(aws: AwsClient, account_id: str) -> None:
+    """Send ``ExpectedBucketOwner`` on every S3 call of ``aws`` that takes it (all object and bucket calls
+    streamkit makes), as AWS advises for buckets named in configuration: S3 refuses (403) when the bucket
+    belongs to another account, so a mistyped or re-created bucket of someone else never gets the data.
+    A client-level hook rather than a parameter per call, so a new call cannot forget it."""
+
+    def add_owner(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if "ExpectedBucketOwner" in model.input_shape.members:
+            params.setdefault("ExpectedBucketOwner", account_id)
+
+    aws.register("provide-client-params.s3", add_owner)
+
+
+def owner_refused(bucket: str, account_id: str) -> str:
+    return (
+        f"bucket {bucket!r} refused access (403) with expected_bucket_owner {account_id}: the bucket belongs to "
+        "another account, or the role may not s3:ListBucket it (needed to check the owner at start-up)"
+    )
 
 
 class SseOptions(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -114,9 +148,13 @@ class S3Requests:
         max_concurrent: int = 8,
         on_retry: Callable[[bool], None] | None = None,
         on_write: Callable[[float, bool], None] | None = None,
+        expected_owner: str | None = None,
     ) -> None:
         self.aws = aws
         self.bucket = bucket
+        self.expected_owner = expected_owner
+        if expected_owner:
+            send_expected_owner(aws, expected_owner)
         self.retry = retry
         self.sse = sse.params() if sse is not None else {}
         self._slots = asyncio.Semaphore(max_concurrent)
@@ -194,6 +232,7 @@ class S3Requests:
         404 are answers, raised as the private exceptions above; anything else is a SinkError."""
         attempt = 0
         began = time.perf_counter()  # the write's latency includes its retries
+        budget = self.retry.budget()
         while True:
             attempt += 1
             async with self._slots:
@@ -214,14 +253,15 @@ class S3Requests:
                 raise answer
             if not is_transient(failure):
                 self._observe(began, failed=True)
+                problem = f"{describe_error(failure)}{self._owner_hint(failure)}"
                 raise SinkError(
-                    f"s3://{self.bucket}: {what} failed: {describe_error(failure)}; stopping without "
+                    f"s3://{self.bucket}: {what} failed: {problem}; stopping without "
                     "acknowledging (check the bucket, its policy and the credentials)"
                 ) from failure
-            if self.retry.exhausted(attempt):
+            if budget.exhausted(attempt):
                 self._observe(began, failed=True)
                 raise SinkError(
-                    f"s3://{self.bucket}: {what} still failing after {attempt} attempts: {describe_error(failure)}",
+                    f"s3://{self.bucket}: {what} still failing {budget.describe(attempt)}: {describe_error(failure)}",
                     retryable=True,
                 ) from failure
             throttled = code in THROTTLING_CODES or (isinstance(failure, ClientError) and _status(failure) == 503)
@@ -230,7 +270,14 @@ class S3Requests:
             if self._on_retry is not None:
                 self._on_retry(throttled)
             log.info("s3 request failed, retrying", what=what, error=describe_error(failure), attempt=attempt)
-            await asyncio.sleep(self.retry.delay(attempt))
+            await asyncio.sleep(budget.delay(attempt))
+
+    def _owner_hint(self, failure: BaseException) -> str:
+        if self.expected_owner and is_access_error(failure):
+            return (
+                f" (S3 refuses every call when the bucket is not owned by expected_bucket_owner {self.expected_owner})"
+            )
+        return ""
 
     def _observe(self, began: float, *, failed: bool) -> None:
         if self._on_write is not None:

@@ -42,7 +42,9 @@ from streamkit.connectors.timestream.mapping import (
 
 from streamkit.batch import RecordBatch
 from streamkit.build import BuildEnv
+from streamkit.config import PositiveInt
 from streamkit.errors import ConfigError, SinkError
+from streamkit.retry import RetryBudget
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 
 log = structlog.get_logger("streamkit.connectors.timestream")
@@ -60,7 +62,8 @@ class TimestreamOptions(BufferOptions, kw_only=True, forbid_unknown_fields=True)
     measure_name: str | None = None
     """Name of the multi-measure record (MeasureValueType MULTI); optional with a single measure."""
     version: Literal["none", "position"] = "none"
-    max_records: int = MAX_REQUEST_RECORDS
+    max_records: PositiveInt = MAX_REQUEST_RECORDS
+    """Records buffered before a write; a write sends them in requests of at most the service's limit."""
     client: ClientOptions = ClientOptions()
 
 
@@ -160,6 +163,7 @@ class TimestreamSink(BufferedSink):
             request["CommonAttributes"] = common
         client = self.aws.client
         attempt = 0
+        budget = self.retry.budget()
         while True:
             attempt += 1
             self.requests += 1
@@ -168,10 +172,10 @@ class TimestreamSink(BufferedSink):
             except SDK_ERRORS as exc:
                 if error_code(exc) == "RejectedRecordsException":
                     return self._rejected(exc, indices, attempt)
-                self._raise_unless_retryable(exc, attempt)
+                self._raise_unless_retryable(exc, attempt, budget)
                 self.retries += 1
                 log.info("timestream write failed, retrying", error=describe_error(exc), attempt=attempt)
-                await asyncio.sleep(self.retry.delay(attempt))
+                await asyncio.sleep(budget.delay(attempt))
                 continue
             self.records_written += len(records)
             return []
@@ -198,14 +202,14 @@ class TimestreamSink(BufferedSink):
         log.warning("timestream rejected records", table=self.options.table, rejected=len(out), total=len(indices))
         return out
 
-    def _raise_unless_retryable(self, exc: BaseException, attempt: int) -> None:
+    def _raise_unless_retryable(self, exc: BaseException, attempt: int, budget: RetryBudget) -> None:
         code = error_code(exc)
         if is_access_error(exc) or code in _STOP_CODES:
             raise SinkError(f"{self.target}: {describe_error(exc)}; stopping without acknowledging") from exc
         if not is_transient(exc):
             raise SinkError(f"{self.target}: unexpected {describe_error(exc)}; stopping") from exc
-        if self.retry.exhausted(attempt):
+        if budget.exhausted(attempt):
             raise SinkError(
-                f"{self.target}: still {describe_error(exc)} after {attempt} attempts; a restart replays the records",
+                f"{self.target}: still {describe_error(exc)} {budget.describe(attempt)}; a restart replays the records",
                 retryable=True,
             ) from exc

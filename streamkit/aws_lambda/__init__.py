@@ -54,14 +54,18 @@ def handler(event: Mapping[str, Any], context: Any) -> Response:
 
 
 def _app_from_environment() -> LambdaApp:
+    from streamkit import log
+    from streamkit.errors import ConfigError
+
     path = os.environ.get(CONFIG_ENV)
     if not path:
-        from streamkit.errors import ConfigError
-
         raise ConfigError("", f"set {CONFIG_ENV} to the pipeline file (relative to the function's directory)")
-    from streamkit import log
-
-    log.configure("json", os.environ.get("STREAMKIT_LOG_LEVEL", "INFO"))
+    level = os.environ.get("STREAMKIT_LOG_LEVEL", "INFO")
+    if level.upper() not in log.LEVELS:
+        raise ConfigError(
+            "STREAMKIT_LOG_LEVEL", f"unknown log level {level!r}; expected one of {', '.join(log.LEVELS)}"
+        )
+    log.configure("json", level)
     return make_handler(path)
 
 

@@ -24,7 +24,7 @@ import structlog
 from streamkit.acks import AckTicket, PartitionTracker
 from streamkit.aws_lambda.events import EventPartition, decode_event
 from streamkit.aws_lambda.pipeline import LambdaOptions, PipelineSpec, load, resolve_record_errors
-from streamkit.batch import BoolArray, RecordBatch
+from streamkit.batch import BoolArray, Partition, RecordBatch
 from streamkit.deadletter import DeadLetterQueue
 from streamkit.emf import EmfReporter
 from streamkit.processor import Chain, Failure
@@ -125,14 +125,24 @@ class LambdaApp:
         try:
             await self._process(runs, deadline)
         finally:
-            # Flush even when processing raised, so nothing of this event lingers in a buffer until the
-            # next invocation; the records of a failed invocation are redelivered anyway.
+            # Flush even when processing raised, so that what can be written is written.
             await self._flush(deadline)
             stop.set()
             for outcome in await asyncio.gather(*background, return_exceptions=True):
                 if isinstance(outcome, BaseException):
                     log.error("sink failed; its unconfirmed records are reported", error=repr(outcome))
-        return self._response(runs)
+            response = self._response(runs)
+            # The event's partitions go back to the event source mapping: whatever a sink still holds of
+            # them (records a failed or cut-off flush left, writes in flight, write errors) is dropped, so
+            # the next invocation starts with clean sinks. Those records are reported, hence redelivered.
+            await self._revoke([run.part.partition for run in runs])
+        return response
+
+    async def _revoke(self, partitions: list[Partition]) -> None:
+        for sink in self.sinks:
+            await sink.revoke(partitions)
+        if self.pipeline.dead_letters is not None:
+            await self.pipeline.dead_letters.revoke(partitions)
 
     async def _process(self, runs: list[_PartitionRun], deadline: _Deadline) -> None:
         chunk = self.options.chunk_records

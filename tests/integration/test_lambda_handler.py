@@ -23,6 +23,7 @@ import aws_kinesis_agg.aggregator as agg
 import boto3
 import orjson
 import pytest
+import structlog.testing
 import yaml
 from aiobotocore.session import get_session
 from streamkit.connectors.kinesis.kpl import MAGIC
@@ -42,6 +43,7 @@ from streamkit.localstack import MotoServer
 from streamkit.processor import Chain
 from streamkit.runtime import Pipeline, Route
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
+from tests.helpers import modelled_response
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -748,3 +750,131 @@ def test_every_invocation_emits_emf_metrics_on_stdout(
     capsys.readouterr()
     quiet(kinesis_event([js(1)]), Context())
     assert '"_aws"' not in capsys.readouterr().out
+
+
+# ------------------------------------------------- a failed invocation leaves nothing for the next one
+
+
+class FailingPuts:
+    """A before-call hook answering 500 InternalError to every S3 PutObject while ``on``."""
+
+    def __init__(self) -> None:
+        self.on = True
+        self.injected = 0
+
+    def __call__(self, **_: Any) -> Any:
+        if not self.on:
+            return None  # the real call goes to moto
+        self.injected += 1
+        return modelled_response(500, {"Error": {"Code": "InternalError", "Message": "injected"}})
+
+
+def s3_records(s3: Any, bucket: str) -> dict[str, list[int]]:
+    out = {}
+    for item in s3.list_objects_v2(Bucket=bucket).get("Contents", []):
+        data = gzip.decompress(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+        out[item["Key"]] = ids(data.splitlines())
+    return out
+
+
+def test_after_a_failed_s3_write_the_next_warm_invocation_starts_with_a_clean_sink(
+    apps: list[LambdaApp], tmp_path: Path, moto_server: MotoServer, aws_env: dict[str, str]
+) -> None:
+    """Issue 12.1: one failed S3 write used to fail every later invocation with the same SinkError."""
+    s3 = boto3.client("s3", endpoint_url=moto_server.endpoint_url, region_name=REGION)
+    s3.create_bucket(Bucket="lake")
+    retry = {"max_attempts": 2, "base_delay_s": 0.001, "max_delay_s": 0.01}
+    app = handler_for(
+        apps,
+        tmp_path,
+        sinks=[{"type": "s3", "bucket": "lake", "window_s": 0, "partition_template": "", "retry": retry}],
+        aws={"region": REGION, "endpoints": {"s3": moto_server.endpoint_url}},
+    )
+    faults = FailingPuts()
+    app.sinks[0].aws.register("before-call.s3.PutObject", faults)  # type: ignore[attr-defined]
+    first = kinesis_event([js(i) for i in range(10)])
+    assert app(first, Context()) == {"batchItemFailures": [{"itemIdentifier": seq(0)}]}
+    assert faults.injected >= 2 and s3_records(s3, "lake") == {}
+
+    faults.on = False
+    # The next event of the shard, then Lambda's retry of the failed one: both are written in full.
+    assert app(kinesis_event([js(i) for i in range(10, 20)], first=10), Context()) == {"batchItemFailures": []}
+    assert app(first, Context()) == {"batchItemFailures": []}
+    objects = s3_records(s3, "lake")
+    assert sorted(i for found in objects.values() for i in found) == list(range(20))
+    for key, found in objects.items():
+        # <first sequence>.<sub>-<last sequence>.<sub>.ndjson.gz: the key names the records it holds
+        first_pos, last_pos = key.rsplit("/", 1)[1].removesuffix(".ndjson.gz").split("-")
+        assert (int(first_pos.split(".")[0]), int(last_pos.split(".")[0])) == (int(seq(found[0])), int(seq(found[-1])))
+
+
+class StuckOnce(BufferedSink):
+    """Its first write never returns (until cancelled); later writes succeed and are recorded."""
+
+    def __init__(self) -> None:
+        super().__init__(BufferOptions(max_records=1000))
+        self.writes = 0
+        self.cancelled = 0
+        self.written: list[bytes] = []
+
+    async def write(self, batches: Sequence[RecordBatch]) -> list[Rejection]:
+        self.writes += 1
+        if self.writes == 1:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+        self.written.extend(concat_payloads(batches))
+        return []
+
+
+def test_a_write_cut_off_by_the_deadline_does_not_reach_into_the_next_invocation(apps: list[LambdaApp]) -> None:
+    """The first invocation's flush is cut by its deadline with a write in flight and a dead-letter entry still
+    buffered: the write is cancelled and the entry dropped (both are redelivered), and the next invocation
+    neither waits for them nor writes them."""
+    sink, dlq = StuckOnce(), MemoryDeadLetter()
+    app = make_handler(code_pipeline(sink, dead_letters=dlq), deadline_margin_ms=100, flush_margin_ms=2_800)
+    apps.append(app)
+    payloads = [js(i) for i in range(4)]
+    payloads[2] = BAD
+    assert app(kinesis_event(payloads), Context(lambda: 3_000)) == {"batchItemFailures": [{"itemIdentifier": seq(0)}]}
+    assert sink.cancelled == 1 and dlq.entries == []
+
+    later = [js(i) for i in range(10, 14)]
+    later[1] = BAD
+    assert app(kinesis_event(later, first=10), Context(lambda: 3_000)) == {"batchItemFailures": []}
+    assert ids(sink.written) == [10, 12, 13]
+    assert [e["position"] for e in dlq.entries] == [f"{seq(11)}:0"], "only this invocation's dead letter"
+
+
+class FailingTwice(BufferedSink):
+    """Concurrent writes (one per partition); every write fails while ``failing``."""
+
+    def __init__(self) -> None:
+        super().__init__(BufferOptions(max_records=1, max_concurrent_writes=4))
+        self.failing = True
+        self.written: list[bytes] = []
+
+    async def write(self, batches: Sequence[RecordBatch]) -> list[Rejection]:
+        await asyncio.sleep(0.01)
+        if self.failing:
+            raise ConnectionError("service unavailable")
+        self.written.extend(concat_payloads(batches))
+        return []
+
+
+def test_every_write_error_of_a_failed_invocation_is_forgotten(apps: list[LambdaApp]) -> None:
+    """Four writes failed: the flush and the age timer raise one error each, the others used to stay queued
+    and fail the next invocation."""
+    sink = FailingTwice()
+    app = make_handler(code_pipeline(sink))
+    apps.append(app)
+    response = app(kafka_event({p: [js(p)] for p in range(4)}), Context())  # one write per partition
+    assert len(response["batchItemFailures"]) == 4
+    sink.failing = False
+    with structlog.testing.capture_logs() as logs:
+        assert app(kinesis_event([js(5), js(6)], first=5), Context()) == {"batchItemFailures": []}
+    assert ids(sink.written) == [5, 6]
+    errors = [entry for entry in logs if entry["log_level"] == "error"]
+    assert errors == [], "the first invocation's write errors were raised again in the second"

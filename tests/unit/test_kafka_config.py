@@ -13,13 +13,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from streamkit.connectors.kafka.auth import IamTokenProvider, redacted
+from streamkit.connectors.kafka.auth import IamTokenProvider
 from streamkit.connectors.kafka.options import consumer_config
 from streamkit.connectors.kafka.source import KafkaSource
 
 from streamkit.build import build_pipeline
 from streamkit.config import parse_config
 from streamkit.errors import ConfigError
+from streamkit.redact import redacted
 
 
 def source(tmp_path: Path | None = None, **section: Any) -> KafkaSource:

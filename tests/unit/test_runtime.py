@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
 import pytest
-from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink
+from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink, MemorySinkOptions
+from streamkit.processors.json_codec import JsonDecode
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import build_pipeline
+from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.config import parse_config
-from streamkit.errors import SinkError
-from streamkit.runtime import Pipeline, Runtime
+from streamkit.errors import CheckpointDeferred, SinkError
+from streamkit.processor import Chain
+from streamkit.runtime import Pipeline, Route, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection, Sink
+from streamkit.source import PartitionReader, Source, SourceBatch
 from tests.helpers import wait_for
 
 
@@ -230,3 +234,121 @@ async def test_a_stop_during_start_up_ends_even_partitions_assigned_after_it() -
     stop.set()
     summary = await asyncio.wait_for(Runtime(p).run(stop), timeout=10)
     assert summary.drained
+
+
+# -- revoked partitions ------------------------------------------------------------------------------
+
+
+class ListReader(PartitionReader):
+    """Yields one batch of ``payloads`` (positions 0..n-1), then stays open until stopped."""
+
+    def __init__(self, partition: Partition, payloads: list[bytes]) -> None:
+        super().__init__(partition)
+        self.payloads = payloads
+
+    async def batches(self) -> AsyncIterator[SourceBatch]:
+        batch = RecordBatch(self.partition, payloads=list(self.payloads))
+        yield SourceBatch(batch, list(range(len(self.payloads))))
+        await self.stopping.wait()
+
+
+class HandOperatedSource(Source):
+    """The test assigns and revokes partitions itself, through the host it is given."""
+
+    name = "hand"
+
+    def __init__(self) -> None:
+        self.host: Any = None
+        self.running = asyncio.Event()
+
+    async def run(self, host: Any, stop: asyncio.Event) -> None:
+        self.host = host
+        self.running.set()
+        await stop.wait()
+
+
+async def test_a_lost_partitions_buffered_records_are_dropped_and_the_replay_written_once() -> None:
+    """Issue 12.2: a lost partition's unacknowledged records stayed in the sinks' buffers and were written
+    next to the replay of the partition's next reader. Revoked, they are dropped (sink and dead-letter queue)
+    and their bytes go back to the budget at once."""
+    partition = Partition("hand", "0")
+    payloads = [orjson.dumps({"id": i}) for i in range(10)]
+    payloads[4] = b"{not json"
+    sink = MemorySink(MemorySinkOptions(max_records=1000, max_age_s=60))
+    dead_letters = MemoryDeadLetter(BufferOptions(max_records=1000, max_age_s=60))
+    source = HandOperatedSource()
+    store = MemoryCheckpointStore()
+    runtime = Runtime(
+        Pipeline(
+            name="revoke",
+            source=source,
+            chain=Chain([JsonDecode()]),
+            routes=[Route("mem", sink)],
+            dead_letters=dead_letters,
+            store=store,
+            checkpoint_interval_s=0.05,
+        )
+    )
+    sink.bind("mem", dead_letters, runtime.metrics)
+    stop = asyncio.Event()
+    running = asyncio.create_task(runtime.run(stop))
+    await asyncio.wait_for(source.running.wait(), 5)
+
+    await source.host.assign(ListReader(partition, payloads))
+    await wait_for(lambda: runtime.metrics.total_in == 10 and runtime.budget.used > 0)
+    await asyncio.sleep(0.1)  # routed to the sink and the dead-letter queue, buffered there
+    await source.host.revoke(partition, graceful=False)
+    assert runtime.budget.used == 0, "a lost partition's bytes are released"
+    assert store.saved == {}, "nothing of the lost partition was checkpointed"
+
+    await source.host.assign(ListReader(partition, payloads))  # the next owner: a replay from the start
+    await wait_for(lambda: runtime.metrics.total_in == 20)
+    stop.set()
+    summary = await asyncio.wait_for(running, 10)
+    assert sorted(ids(sink)) == [i for i in range(10) if i != 4], "each record written once"
+    assert [e["position"] for e in dead_letters.entries] == ["4"], "dead-lettered once"
+    assert summary.checkpoints == {partition: "9"}
+
+
+class UnavailableOnce(MemoryCheckpointStore):
+    """The store cannot be written the first time (DynamoDB unreachable beyond its retries)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deferred = 0
+
+    async def save(self, partition: Partition, checkpoint: str) -> None:
+        if self.deferred == 0:
+            self.deferred += 1
+            raise CheckpointDeferred("lease table unreachable")
+        await super().save(partition, checkpoint)
+
+
+async def test_a_deferred_checkpoint_is_written_at_the_next_interval_even_if_nothing_moved() -> None:
+    """A checkpoint the store could not write was remembered as written: a quiet partition's last position
+    then never reached the store (its records were read again after a restart)."""
+    partition = Partition("hand", "0")
+    source, store = HandOperatedSource(), UnavailableOnce()
+    sink = MemorySink(MemorySinkOptions(max_age_s=0.01))
+    runtime = Runtime(
+        Pipeline(
+            name="deferred",
+            source=source,
+            chain=Chain([]),
+            routes=[Route("mem", sink)],
+            dead_letters=None,
+            store=store,
+            checkpoint_interval_s=0.05,
+        )
+    )
+    sink.bind("mem", None, runtime.metrics)
+    stop = asyncio.Event()
+    running = asyncio.create_task(runtime.run(stop))
+    await asyncio.wait_for(source.running.wait(), 5)
+    await source.host.assign(ListReader(partition, [orjson.dumps({"id": i}) for i in range(5)]))
+    try:
+        await wait_for(lambda: store.saved == {partition: "4"}, timeout=5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 10)
+    assert store.deferred == 1

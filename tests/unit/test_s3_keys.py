@@ -254,6 +254,39 @@ def test_non_hive_layouts_need_an_explicit_opt_out() -> None:
     assert partitioner.render(T0) == "2025/11/"
 
 
+@pytest.mark.parametrize("value", [".", ".."])
+def test_dot_segments_from_values_are_escaped_without_hive(value: str) -> None:
+    # "." and ".." segments are rewritten by HTTP clients and path libraries (safe/prefix/../file would
+    # land outside the prefix); they are escaped as stream and shard names are.
+    partitioner = compile_partitioner("{field.region}/{field.kind}/", hive=False)
+    values = [{"region": value, "kind": value}, {"region": "eu", "kind": value + value}]
+    rendered = partitioner.render(value={"region": value, "kind": value})
+    assert rendered == f"{value.replace('.', '%2E')}/{value.replace('.', '%2E')}/"
+    groups = partitioner.group(values=values)
+    assert set(groups) == {rendered, partitioner.render(value=values[1])}
+    keys = compile_key_template(prefix="safe/prefix/")
+    for partition in groups:
+        key = keys.key(stream="s", shard="0", first_position=1, last_position=2, partition=partition)
+        assert key.startswith("safe/prefix/")
+        assert not {".", ".."} & set(key.split("/")), key
+
+
+def test_dot_segments_made_of_several_placeholders_are_escaped() -> None:
+    partitioner = compile_partitioner("{field.a}{field.b}/", hive=False)
+    assert partitioner.render(value={"a": ".", "b": "."}) == "%2E%2E/"
+    assert partitioner.render(value={"a": ".", "b": "x"}) == ".x/"  # an ordinary name with a dot
+
+
+def test_dot_segments_written_in_the_template_are_rejected() -> None:
+    with pytest.raises(TemplateError, match=r"'\.' and '\.\.' are not allowed"):
+        compile_partitioner("../{field.a}/", hive=False)
+
+
+def test_dot_values_stay_readable_in_hive_segments() -> None:
+    partitioner = compile_partitioner("region={field.region}/")
+    assert partitioner.render(value={"region": ".."}) == "region=../"
+
+
 # ---------------------------------------------------------------------------------- discoverability
 
 SCHEMA = {
