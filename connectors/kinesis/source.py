@@ -78,7 +78,7 @@ class KinesisSourceOptions(msgspec.Struct, forbid_unknown_fields=True):
     """Poll interval once a shard is at its tip."""
     shard_sync_interval_s: PositiveSeconds = 30.0
     """How often new shards (after resharding) are discovered."""
-    finished_lease_retention_s: float | None = 300.0
+    finished_lease_retention_s: Annotated[float, msgspec.Meta(ge=0, le=30 * 86_400)] | None = 300.0
     """Delete a finished (SHARD_END) lease this long after every child shard started (the KCL's lease
     clean-up); null keeps finished leases."""
     deaggregate: bool = True
@@ -125,8 +125,6 @@ def _validate(options: KinesisSourceOptions, where: str) -> None:
         raise ConfigError(f"{where}.max_records_per_call", "must be 1 to 10000 (the GetRecords limit)")
     if options.failover_time_s <= 0:
         raise ConfigError(f"{where}.failover_time_s", "must be positive")
-    if options.finished_lease_retention_s is not None and options.finished_lease_retention_s < 0:
-        raise ConfigError(f"{where}.finished_lease_retention_s", "must not be negative (or null to keep them)")
 
 
 class LeaseCheckpointStore(CheckpointStore):
