@@ -94,14 +94,15 @@ def _stream_options(options: KinesisSourceOptions, where: str) -> list[StreamOpt
             raise ConfigError(f"{where}.streams", "give either stream (and role_arn) or streams, not both")
         if not options.streams:
             raise ConfigError(f"{where}.streams", "must list at least one stream")
-        seen: dict[str, int] = {}
+        seen: set[str] = set()
         for index, entry in enumerate(options.streams):
             if not entry.stream:
                 raise ConfigError(f"{where}.streams[{index}].stream", "must not be empty")
-            name = stream_name_of(entry.stream)
-            if entry.stream in seen or (name in seen and not entry.stream.startswith("arn:")):
+            # Same-named streams of different accounts are different streams (their lease keys differ by
+            # account); the same name or ARN twice is a mistake.
+            if entry.stream in seen:
                 raise ConfigError(f"{where}.streams[{index}].stream", f"{entry.stream!r} is listed twice")
-            seen[entry.stream] = seen[name] = index
+            seen.add(entry.stream)
         return list(options.streams)
     if not options.stream:
         raise ConfigError(f"{where}.stream", "required (or streams: a list of several)")
@@ -272,6 +273,8 @@ class KinesisSource(Source):
             except Exception as exc:
                 through = f" as {entry.role_arn}" if entry.role_arn else ""
                 raise ConfigError(f"{where}.stream", f"cannot read stream {entry.stream!r}{through}: {exc}") from None
+            if any(known.arn == stream.arn for known in self.streams):
+                raise ConfigError(f"{where}.stream", f"{stream.arn} is listed twice (by name and by ARN)")
             self.streams.append(stream)
 
     def _check_table_mode(self, leases: list[Lease]) -> None:

@@ -213,3 +213,13 @@ async def test_bad_stream_settings_fail_at_start_up_naming_the_key(kinesalite: A
     await run_until(pipeline(endpoint, moto, {"stream": "orders"}), lambda: True)
     with pytest.raises(ConfigError, match=r"source\.lease_table.*single-stream"):
         await pipeline(endpoint, moto, {"streams": [{"stream": "orders"}]}).source.start(None)
+
+
+async def test_one_stream_by_name_and_by_arn_is_refused(kinesis_local: Any, moto_server: Any) -> None:
+    client = create_stream(kinesis_local.endpoint_url, "orders", shards=1)
+    arn = client.describe_stream_summary(StreamName="orders")["StreamDescriptionSummary"]["StreamARN"]
+    source = pipeline(
+        kinesis_local.endpoint_url, moto_server.endpoint_url, {"streams": [{"stream": "orders"}, {"stream": arn}]}
+    ).source
+    with pytest.raises(ConfigError, match=r"source\.streams\[1\]\.stream.*by name and by ARN"):
+        await source.start(None)
