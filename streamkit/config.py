@@ -181,7 +181,8 @@ class RuntimeSettings(msgspec.Struct, forbid_unknown_fields=True):
     shutdown_grace_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 25.0
     """SIGTERM -> drained, checkpointed and exited within this many seconds (ECS stopTimeout is 30 s)."""
     max_bytes_in_flight: Size = Size(64 * 1024**2)
-    """Memory budget: payload bytes taken from sources and not yet finished. Fetching waits above it."""
+    """Memory budget: the measured footprint (streamkit.footprint) of records taken from sources and not yet
+    finished: payloads, decoded values sinks keep, positions. Fetching waits above it."""
     fail_fast: bool = False
     """Stop the pipeline at the first record a processor fails on, instead of dead-lettering it."""
     progress_interval_s: PositiveSeconds = 5.0

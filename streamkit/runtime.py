@@ -21,16 +21,17 @@ import numpy as np
 import structlog
 
 from streamkit.acks import AckTicket, PartitionTracker
-from streamkit.backpressure import ByteBudget
+from streamkit.backpressure import ByteBudget, Expansion
 from streamkit.batch import BoolArray, Partition, RecordBatch
 from streamkit.checkpoint import CheckpointStore
 from streamkit.config import RuntimeSettings
 from streamkit.deadletter import DeadLetterQueue
 from streamkit.errors import CheckpointDeferred, CheckpointRejected, ProcessingError
+from streamkit.footprint import batch_footprint, footprint, sampled_size
 from streamkit.metrics import Metrics
 from streamkit.processor import Chain, Failure
 from streamkit.sink import Sink
-from streamkit.source import PartitionReader, Source
+from streamkit.source import PartitionReader, Source, SourceBatch
 
 log = structlog.get_logger("streamkit.runtime")
 
@@ -100,6 +101,7 @@ class Runtime:
         self.metrics = pipeline.metrics
         self.store: CheckpointStore = pipeline.source.checkpoint_store() or pipeline.store
         self._budget = ByteBudget(pipeline.settings.max_bytes_in_flight)
+        self._expansion = Expansion()
         self._partitions: dict[Partition, _PartitionState] = {}
         self._last_saved: dict[Partition, str] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -339,8 +341,7 @@ class Runtime:
             await self.pipeline.dead_letters.revoke([partition])
 
     async def _consume(self, state: _PartitionState) -> None:
-        reader, tracker = state.reader, state.tracker
-        chain = self.pipeline.chain
+        reader = state.reader
         try:
             releasing = self._releasing.get(reader.partition)
             if releasing is not None:
@@ -348,28 +349,66 @@ class Runtime:
                 # before the replay goes in, or a sink could append the replay to them.
                 await asyncio.wait({releasing})
             async for source_batch in reader.batches():
-                batch = source_batch.batch
-                nbytes = batch.total_bytes()
-                await self._budget.acquire(nbytes)
-                ticket = tracker.open(source_batch.positions, nbytes, self._on_ticket_done)
-                batch.ticket = ticket
-                self.metrics.records_in(reader.partition, len(batch), nbytes)
-                try:
-                    if source_batch.failed:
-                        batch = await self._dead_letter_unreadable(batch, source_batch.failed)
-                    began = time.perf_counter()
-                    outputs, failures = await chain.run(batch) if len(batch) else ([], [])
-                    self.metrics.processed(reader.partition, sum(map(len, outputs)), time.perf_counter() - began)
-                    await self._route(ticket, outputs, failures)
-                except asyncio.CancelledError:
-                    # A lost partition: nothing of this batch will be checkpointed, free its bytes.
-                    ticket.abandon()
-                    raise
-                ticket.release_processing()
+                work = self._process(state, source_batch)
+                # The coroutine alone holds the batch, so its records die when it is done with them.
+                del source_batch
+                await work
             if reader.reached_end and not reader.stopping.is_set():
                 await self._finish_partition(state)
         finally:
             self._partition_ended.set()
+
+    async def _process(self, state: _PartitionState, source_batch: SourceBatch) -> None:
+        """One source batch through the chain to the sinks. Its locals (decoded values, outputs) die on
+        return, so the next fetch does not wait while holding them."""
+        reader, tracker = state.reader, state.tracker
+        batch, positions, failed = source_batch.batch, source_batch.positions, source_batch.failed
+        del source_batch
+        payload_bytes = batch.total_bytes()
+        # The positions stay with the ticket until the batch is finished: they count too.
+        fetched = batch_footprint(batch) + sampled_size(positions)
+        expansion = self._expansion
+        try:
+            reserved = await expansion.reserve(fetched)
+            await self._budget.acquire(reserved)
+        except BaseException:
+            expansion.unblock()
+            raise
+        ticket = tracker.open(positions, reserved, self._on_ticket_done)
+        batch.ticket = ticket
+        self.metrics.records_in(reader.partition, len(batch), payload_bytes)
+        try:
+            if failed:
+                batch = await self._dead_letter_unreadable(batch, failed)
+            began = time.perf_counter()
+            outputs, failures = await self.pipeline.chain.run(batch) if len(batch) else ([], [])
+            self.metrics.processed(reader.partition, sum(map(len, outputs)), time.perf_counter() - began)
+            del batch  # the source payloads live on only where outputs still share them
+            deliveries = self._deliveries(outputs)
+            del outputs
+            # From here on the ticket's records hold what the sinks and the dead-letter queue keep.
+            held = footprint([sub for _, sub in deliveries] + [f.batch for f in failures])
+            held += sampled_size(positions)
+            expansion.observe(fetched, held)
+            await self._resize(ticket, held)
+            await self._route(ticket, deliveries, failures)
+        except asyncio.CancelledError:
+            # A lost partition: nothing of this batch will be checkpointed, free its bytes.
+            ticket.abandon()
+            raise
+        finally:
+            expansion.unblock()
+        ticket.release_processing()
+
+    async def _resize(self, ticket: AckTicket, nbytes: int) -> None:
+        """Re-account a ticket whose batches changed shape: growth waits (ahead of fetches), shrinking
+        gives bytes back at once."""
+        delta = nbytes - ticket.nbytes
+        if delta > 0:
+            await self._budget.grow(delta, held=ticket.nbytes)
+        elif delta < 0:
+            self._budget.release(-delta)
+        ticket.nbytes = nbytes
 
     async def _finish_partition(self, state: _PartitionState) -> None:
         """A closed partition was read to its end: once everything is finished, checkpoint and let the
@@ -398,13 +437,24 @@ class Runtime:
         self._budget.release(ticket.nbytes)
         self._ticket_done.set()
 
-    async def _route(self, ticket: AckTicket, outputs: list[RecordBatch], failures: list[Failure]) -> None:
+    def _deliveries(self, outputs: list[RecordBatch]) -> list[tuple[Sink, RecordBatch]]:
+        """Each output's records for each sink whose predicate selects them, in the form the sink keeps
+        (payload bytes only for a sink that writes bytes: decoded values are released here)."""
+        deliveries: list[tuple[Sink, RecordBatch]] = []
         for out in outputs:
             for route in self.pipeline.routes:
                 sub = out if route.predicate is None else out.select(route.predicate(out))
                 if len(sub):
-                    ticket.hold(sub.origin, sub.origin_unique)
-                    await route.sink.submit(sub)
+                    deliveries.append((route.sink, sub if route.sink.keeps_values else sub.encoded()))
+        return deliveries
+
+    async def _route(
+        self, ticket: AckTicket, deliveries: list[tuple[Sink, RecordBatch]], failures: list[Failure]
+    ) -> None:
+        """Hand deliveries to their sinks and failures to the dead-letter queue."""
+        for sink, sub in deliveries:
+            ticket.hold(sub.origin, sub.origin_unique)
+            await sink.submit(sub)
         for failure in failures:
             await self.dead_letter(failure, log_it=False)
         if failures:

@@ -70,6 +70,9 @@ class Sink(ABC):
     """The contract between the runtime and a sink."""
 
     name: str = "sink"
+    keeps_values: bool = True
+    """False for a sink that writes payload bytes only: the runtime then hands it batches without their
+    decoded values (encoding them first if needed), so its buffers keep no dicts alive."""
     dead_letters: DeadLetterQueue | None = None
     metrics: Metrics | None = None
 

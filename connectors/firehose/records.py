@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 import structlog
 
 from streamkit.batch import Int64Array, RecordBatch, occurrence_rank
+from streamkit.json_bytes import dumps_tight
 
 log = structlog.get_logger("streamkit.connectors.firehose")
 
@@ -76,7 +76,7 @@ class RecordEncoder:
         field = self.id_field
         values = batch.values
         original = batch.payloads if batch.has_payloads else None
-        dumps = orjson.dumps
+        dumps = dumps_tight  # right-sized: these bytes wait in request buffers (see streamkit.json_bytes)
         out: list[bytes] = []
         for i, (value, rid) in enumerate(zip(values, record_ids(batch), strict=True)):
             if isinstance(value, dict):

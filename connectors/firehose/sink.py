@@ -91,6 +91,8 @@ class FirehoseSink(BufferedSink):
         self.stream = options.stream
         self.retry: RetryPolicy = options.retry
         self.encoder = RecordEncoder(newline=options.newline, id_field=options.record_id_field)
+        # Only the record id field reads values; otherwise the sink sends payload bytes as they are.
+        self.keeps_values = options.record_id_field is not None
         self.aws = AwsClient(env.aws, "firehose", options.client)
         # Counters for logs and tests: what was sent, and how much of it had to be sent again.
         self.requests = 0

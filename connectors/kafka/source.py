@@ -56,11 +56,16 @@ class KafkaPartitionReader(PartitionReader):
                 feed.ready.clear()
                 await feed.ready.wait()
                 continue
-            chunks = feed.take(self.max_records)
-            batch, offsets, nbytes = to_batch(self.partition, chunks)
-            # The feed no longer holds these bytes (the runtime's byte budget does): may resume fetching.
-            self.thread.taken(feed, nbytes)
-            yield SourceBatch(batch, offsets)
+            yield self._take(feed)
+
+    def _take(self, feed: PartitionFeed) -> SourceBatch:
+        """The next batch from the feed. Built here, not in batches(), so that generator's frame keeps no
+        reference to the records while the runtime processes them."""
+        chunks = feed.take(self.max_records)
+        batch, offsets, nbytes = to_batch(self.partition, chunks)
+        # The feed no longer holds these bytes (the runtime's byte budget does): may resume fetching.
+        self.thread.taken(feed, nbytes)
+        return SourceBatch(batch, offsets)
 
     def stop(self) -> None:
         super().stop()

@@ -36,7 +36,9 @@ def stream_argument(stream: str) -> dict[str, str]:
 class KinesisClient:
     """An aiobotocore Kinesis client plus the raw GetRecords path. Use as an async context manager."""
 
-    def __init__(self, aws: AwsSettings, *, max_pool_connections: int = 64, session: Any = None) -> None:
+    def __init__(
+        self, aws: AwsSettings, *, max_pool_connections: int = 64, read_timeout: float = 30, session: Any = None
+    ) -> None:
         """``session``: an aiobotocore session to create the client from (e.g. one acting as an assumed role,
         see streamkit.connectors.assume_role); default a new session on the standard credential chain."""
         self.aws = aws
@@ -44,7 +46,7 @@ class KinesisClient:
         self._config = Config(
             retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=5,
-            read_timeout=30,
+            read_timeout=read_timeout,
             max_pool_connections=max_pool_connections,
         )
         self._stack = AsyncExitStack()

@@ -34,6 +34,7 @@ __all__ = [
     "as_user_records",
     "deaggregate",
     "decode_get_records",
+    "decode_subscribe_event",
 ]
 
 # arrival_ms of a record without ApproximateArrivalTimestamp (the API model makes it optional;
@@ -68,7 +69,9 @@ class DecodedRecords:
     # int64 milliseconds since the epoch: ApproximateArrivalTimestamp (float seconds) x 1000
     # rounded half to even. Kinesis sends millisecond precision, for which this is exact.
     arrival_ms: npt.NDArray[np.int64]
-    next_shard_iterator: str | None  # None: the shard is closed and read to its end
+    # None: the shard is closed and read to its end. From a SubscribeToShardEvent: its
+    # ContinuationSequenceNumber (see decode_subscribe_event).
+    next_shard_iterator: str | None
     millis_behind_latest: int | None
     child_shards: list[ChildShard]
 
@@ -130,7 +133,17 @@ class _Response(msgspec.Struct, rename="pascal", gc=False):
     child_shards: list[_ChildShard] | None = None
 
 
+class _ShardEvent(msgspec.Struct, rename="pascal", gc=False):
+    """A SubscribeToShardEvent (enhanced fan-out): the records of GetRecords plus where to go on."""
+
+    records: list[_Record]
+    continuation_sequence_number: str | None = None
+    millis_behind_latest: int | None = None
+    child_shards: list[_ChildShard] | None = None
+
+
 _decoder = msgspec.json.Decoder(_Response)
+_event_decoder = msgspec.json.Decoder(_ShardEvent)
 _data = attrgetter("data")
 _seq = attrgetter("sequence_number")
 _pkey = attrgetter("partition_key")
@@ -153,12 +166,33 @@ def decode_get_records(body: bytes) -> DecodedRecords:
     """Decode the raw JSON body of a successful GetRecords response."""
     try:
         resp = _decoder.decode(body)
-        records = resp.records
+    except msgspec.DecodeError as exc:
+        raise GetRecordsDecodeError(f"not a GetRecords response: {exc}") from exc
+    return _columns(resp.records, resp.next_shard_iterator, resp.millis_behind_latest, resp.child_shards)
+
+
+def decode_subscribe_event(payload: bytes) -> DecodedRecords:
+    """Decode the JSON payload of a SubscribeToShardEvent (enhanced fan-out) into the same columns.
+
+    ``next_shard_iterator`` carries the event's ContinuationSequenceNumber: where the next subscription
+    starts (AFTER_SEQUENCE_NUMBER), and None once the shard is closed and read to its end, as for GetRecords.
+    """
+    try:
+        event = _event_decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise GetRecordsDecodeError(f"not a SubscribeToShardEvent: {exc}") from exc
+    return _columns(event.records, event.continuation_sequence_number, event.millis_behind_latest, event.child_shards)
+
+
+def _columns(
+    records: list[_Record], next_at: str | None, millis_behind: int | None, child_shards: list[_ChildShard] | None
+) -> DecodedRecords:
+    try:
         # validate=True is pybase64's fast path (2x the lenient one) and rejects junk instead of
         # silently skipping it; positional args because map() cannot pass keywords.
         payloads = list(map(pybase64.b64decode, map(_data, records), repeat(None), repeat(True)))
-    except (msgspec.DecodeError, binascii.Error) as exc:
-        raise GetRecordsDecodeError(f"not a GetRecords response: {exc}") from exc
+    except binascii.Error as exc:
+        raise GetRecordsDecodeError(f"a record's Data is not base64: {exc}") from exc
 
     seconds = np.fromiter(map(_arrival, records), dtype=np.float64, count=len(records))
     seconds *= 1000.0
@@ -170,15 +204,15 @@ def decode_get_records(body: bytes) -> DecodedRecords:
             c.parent_shards,
             (int(c.hash_key_range.starting_hash_key), int(c.hash_key_range.ending_hash_key)),
         )
-        for c in resp.child_shards or ()
+        for c in child_shards or ()
     ]
     return DecodedRecords(
         payloads=payloads,
         sequence_numbers=list(map(_seq, records)),
         partition_keys=list(map(_pkey, records)),
         arrival_ms=arrival_ms,
-        next_shard_iterator=resp.next_shard_iterator,
-        millis_behind_latest=resp.millis_behind_latest,
+        next_shard_iterator=next_at,
+        millis_behind_latest=millis_behind,
         child_shards=children,
     )
 

@@ -10,7 +10,7 @@ is renewed at the last record handed to the runtime (AT_SEQUENCE_NUMBER, skippin
 skipped or read twice; a reader that started at LATEST and delivered nothing yet renews AT_TIMESTAMP just
 before its first iterator instead of at a new LATEST, which would skip what arrived meanwhile.
 
-A fetcher for enhanced fan-out (SubscribeToShard) would replace :meth:`ShardReader._responses` only:
+The enhanced fan-out reader (:mod:`efo`, SubscribeToShard) replaces :meth:`ShardReader._responses` only:
 everything after a response (deaggregation, positions, end of shard) is shared.
 """
 
@@ -252,13 +252,17 @@ class ShardReader(PartitionReader):
                 self._totals["bytes"] += nbytes
             if self._on_lag is not None:
                 self._on_lag(decoded.millis_behind_latest)
-            yield decoded
-            iterator = decoded.next_shard_iterator
+            iterator, children, at_tip = decoded.next_shard_iterator, decoded.child_shards, self._at_tip(decoded)
+            # Hand the response over without keeping a reference in this frame: its records must be
+            # freeable once the runtime is done with them, not only when the next call returns.
+            handoff = [decoded]
+            del decoded
+            yield handoff.pop()
             if iterator is None:
-                self.child_shards = decoded.child_shards
+                self.child_shards = children
                 self.reached_end = True
                 return
-            if self._at_tip(decoded):
+            if at_tip:
                 await self._sleep(self.settings.idle_poll_s)
 
     def _at_tip(self, decoded: DecodedRecords) -> bool:
@@ -273,9 +277,13 @@ class ShardReader(PartitionReader):
             if not len(decoded):
                 continue
             users, failed = self._user_records(decoded)
+            # No local keeps the records while the runtime processes them and the next call is made.
             batch = self._to_batch(users, failed)
+            del decoded, users
             if batch is not None:
-                yield batch
+                handoff = [batch]
+                del batch
+                yield handoff.pop()
 
     def _user_records(self, decoded: DecodedRecords) -> tuple[DeaggregatedRecords, dict[int, str]]:
         if not self.settings.deaggregate:

@@ -31,6 +31,7 @@ from streamkit.connectors.dynamodb import (
 )
 from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import ChildShard
+from streamkit.connectors.kinesis.efo import FanOut, FanOutOptions
 from streamkit.connectors.kinesis.positions import KinesisPosition, checkpoint_for, parse_checkpoint
 from streamkit.connectors.kinesis.reader import ReadSettings, ShardReader, StartAt
 from streamkit.connectors.kinesis.streams import ConfiguredStream, StreamOptions, describe_stream, stream_name_of
@@ -85,6 +86,9 @@ class KinesisSourceOptions(msgspec.Struct, forbid_unknown_fields=True):
     retry: RetryPolicy = RetryPolicy(max_elapsed_s=0, base_delay_s=0.2, max_delay_s=10.0)
     """Kinesis and lease-table calls are retried until shutdown by default (max_elapsed_s 0): a stream
     outage pauses reading, and nothing is lost by waiting."""
+    consumer: Literal["polling", "efo"] = "polling"
+    """polling: GetRecords, shared read limits. efo: enhanced fan-out (SubscribeToShard), see ``efo``."""
+    efo: FanOutOptions = msgspec.field(default_factory=FanOutOptions)
 
 
 def _stream_options(options: KinesisSourceOptions, where: str) -> list[StreamOptions]:
@@ -111,6 +115,11 @@ def _stream_options(options: KinesisSourceOptions, where: str) -> list[StreamOpt
 
 def _validate(options: KinesisSourceOptions, where: str) -> None:
     _stream_options(options, where)
+    if options.consumer == "efo" and options.streams is not None:
+        # The fan-out consumer is registered on one stream, with the worker's own credentials.
+        raise ConfigError(f"{where}.consumer", "efo reads one stream: use stream: (not streams:) with consumer: efo")
+    if options.consumer == "efo" and options.role_arn is not None:
+        raise ConfigError(f"{where}.role_arn", "not supported with consumer: efo yet (polling only)")
     if options.initial_position == "AT_TIMESTAMP" and not options.initial_timestamp:
         raise ConfigError(f"{where}.initial_timestamp", "required with initial_position AT_TIMESTAMP")
     if options.initial_timestamp:
@@ -189,6 +198,8 @@ class KinesisSource(Source):
         """The client of the first stream (the only one with ``stream``)."""
         self.streams: list[ConfiguredStream] = []
         """The configured streams, resolved by start()."""
+        self.fan_out: FanOut | None = None
+        """The enhanced fan-out consumer and its subscription client (``consumer: efo``), once started."""
         self.dynamodb: Any = None
         """The lease table's aiobotocore DynamoDB client, once started."""
         self._store = LeaseCheckpointStore(self)
@@ -218,6 +229,14 @@ class KinesisSource(Source):
             await self._stack.aclose()
             raise
         self.kinesis = self.streams[0].client
+        if self.options.consumer == "efo":
+            try:
+                self.fan_out = await FanOut.start(
+                    self._stack, self.aws, self.kinesis, self.streams[0].stream, self.options.efo, self.table_name
+                )
+            except BaseException:
+                await self._stack.aclose()
+                raise
         dynamodb = await self._stack.enter_async_context(
             get_session().create_client("dynamodb", **self.aws.client_kwargs("dynamodb"))
         )
@@ -391,6 +410,17 @@ class KinesisSource(Source):
         if lease.starting_hash_key is not None and lease.ending_hash_key is not None:
             hash_range = (int(lease.starting_hash_key), int(lease.ending_hash_key))
         partition = Partition(self.name, lease.lease_key)
+        if self.fan_out is not None:
+            return self.fan_out.reader(
+                partition,
+                stream.stream,
+                start,
+                self.settings,
+                hash_range=hash_range,
+                on_end=lambda children: self._shard_ended(lease.lease_key, children),
+                on_lag=lambda ms: self._lag(partition, ms),
+                totals=self.read_counts,
+            )
         return ShardReader(
             partition,
             stream.client,

@@ -61,9 +61,12 @@ class SyntheticShardReader(ShardReader):
             self.body_bytes += len(body)
             if self._on_lag is not None:
                 self._on_lag(decoded.millis_behind_latest)
-            yield decoded
-            if decoded.next_shard_iterator is None:
-                self.child_shards = decoded.child_shards
+            last, children = decoded.next_shard_iterator is None, decoded.child_shards
+            handoff = [decoded]  # as in ShardReader._responses: this frame keeps no reference
+            del decoded
+            yield handoff.pop()
+            if last:
+                self.child_shards = children
                 self.reached_end = True
                 return
             # A real call awaits the network here; yielding keeps the shards and the sinks interleaved the

@@ -33,6 +33,7 @@ class FileSinkOptions(BufferOptions, forbid_unknown_fields=True):
 
 class FileSink(BufferedSink):
     Options = FileSinkOptions
+    keeps_values = False
 
     def __init__(self, options: FileSinkOptions, env: Any) -> None:
         super().__init__(options)

@@ -19,6 +19,7 @@ import orjson
 from streamkit.batch import Partition, RecordBatch
 from streamkit.checkpoint import CheckpointStore
 from streamkit.config import NonNegativeInt, PositiveInt, Ratio
+from streamkit.json_bytes import dumps_tight
 from streamkit.share import process_share
 from streamkit.source import PartitionHost, PartitionReader, Source, SourceBatch
 
@@ -65,7 +66,7 @@ def make_payload(options: GeneratorOptions, partition: int, index: int) -> bytes
     rng = random.Random(f"poison/{options.seed}/{partition}/{index}")
     if options.invalid_ratio and rng.random() < options.invalid_ratio:
         return b'{"id": "' + f"{partition}-{index}".encode() + b'", not json'
-    return orjson.dumps(make_record(options.seed, partition, index, options.record_bytes, options.error_ratio))
+    return dumps_tight(make_record(options.seed, partition, index, options.record_bytes, options.error_ratio))
 
 
 class GeneratorReader(PartitionReader):
@@ -96,7 +97,9 @@ class GeneratorReader(PartitionReader):
             )
             self.next_index = end
             produced += len(payloads)
-            yield SourceBatch(batch, list(indexes))
+            handoff = [SourceBatch(batch, list(indexes))]
+            del payloads, batch  # this frame keeps no reference while the runtime processes the batch
+            yield handoff.pop()
             if opts.rate > 0:
                 # Pace to the configured rate without drifting: sleep until this many records are due.
                 due = started + produced / opts.rate

@@ -27,6 +27,7 @@ class MemorySinkOptions(BufferOptions, forbid_unknown_fields=True):
 
 class MemorySink(BufferedSink):
     Options = MemorySinkOptions
+    keeps_values = False
     instances: ClassVar[dict[str, MemorySink]] = {}
 
     def __init__(self, options: MemorySinkOptions | None = None, env: Any = None) -> None:

@@ -100,6 +100,9 @@ class S3Sink(Sink):
             self.partitioner = compile_partitioner(options.partition_template, hive=options.hive)
         except TemplateError as exc:
             raise ConfigError(f"{where}.partition_template", str(exc)) from None
+        # NDJSON objects are written from payload bytes; values are read only by a partition template's
+        # fields and by the Avro and Parquet writers. Otherwise the runtime releases them before submit.
+        self.keeps_values = options.format != "ndjson" or bool(self.partitioner.fields)
         self._new_writer, sample = writer_factory(options, env, where)
         self.extension = sample.extension
         self.content_type = sample.content_type

@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="built-in pipeline's sink: memory (gzip NDJSON in memory) or s3 (the S3 sink; local "
                              "source only, on moto); auto: s3 on the local source when installed; "
                              f"{', '.join(STAND_IN_SINKS)}: that sink against its loopback stand-in")  # fmt: skip
+    parser.add_argument("--latency", action="store_true",
+                        help="--source local: put-to-sink latency p50/p99 of enhanced fan-out and polling on "
+                             "kinesis-local, records written at --rate for --duration (default 20 s) each")  # fmt: skip
+    parser.add_argument("--rate", type=float, default=200.0, help="--latency: records/s written (default 200)")
     parser.add_argument("--no-baselines", dest="baselines", action="store_false", help="measure streamkit only")
     parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
                         help="write pyinstrument profiles of the first round's streamkit runs (dev extra)")  # fmt: skip
@@ -51,6 +55,12 @@ def run_from_args(args: argparse.Namespace, argv: Sequence[str]) -> int:
             raise ConfigError(f"--{name}", f"must be at least 1, got {value}")
     if args.profile is not None and importlib.util.find_spec("pyinstrument") is None:
         raise ConfigError("--profile", "needs pyinstrument (pip install -e '.[dev]')")
+    if args.latency:
+        if args.source != "local":
+            raise ConfigError("--latency", "runs on the local source only (--source local)")
+        from streamkit.bench.latency import run_latency
+
+        return run_latency(args, command_line(argv))
     options = BenchOptions(
         source=args.source,
         pipeline=args.pipeline,

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from streamkit.bench.isolate import run_isolated
 from streamkit.bench.measure import Figures
 from streamkit.bench.pipelines import (
     WORK,
@@ -101,8 +102,9 @@ class Bench:
         """The sink section of ``--sink`` NAME from streamkit.bench.sinks, started for the whole run."""
 
     def keep(self, figures: Figures) -> None:
-        """Keep each side's best round; memory comes from each side's first round (see docs/performance.md:
-        a process keeps memory it freed, so later rounds would show what earlier ones left behind)."""
+        """Keep each side's best round; memory comes from each side's first round. Every side runs in its
+        own fork of this process (streamkit.bench.isolate), so each starts from the same memory; where it
+        cannot, the first round is the one least affected by what earlier runs left behind."""
         first = self.best.get(figures.name)
         if first is None:
             self.order.append(figures.name)
@@ -129,7 +131,9 @@ class Bench:
                 progress=_progress(variant.name, target),
             )
 
-        if profile and self.o.profile_path is not None:
+        def side() -> Figures:
+            if not (profile and self.o.profile_path is not None):
+                return asyncio.run(go())
             from pyinstrument import Profiler
 
             profiler = Profiler(interval=0.0005)
@@ -140,8 +144,9 @@ class Bench:
                 out.write(f"# {variant.name}: {variant.description}\n")
                 out.write(profiler.output_text(unicode=False, color=False) + "\n")
             say(f"  profile of {variant.name} added to {self.o.profile_path}")
-        else:
-            figures = asyncio.run(go())
+            return figures
+
+        figures = run_isolated(side)
         self.ours.add(figures.name)
         self.keep(figures)
 
@@ -166,7 +171,7 @@ class Bench:
 
     def run_baseline(self, baseline: Baseline, data: Any) -> None:
         say(f"  {baseline.name}: running")
-        self.keep(baseline.run(data))
+        self.keep(run_isolated(partial(baseline.run, data)))
 
     # -- sources ---------------------------------------------------------------------------------
     def synthetic(self, report: Report) -> None:

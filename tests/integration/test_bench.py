@@ -162,3 +162,21 @@ async def test_the_real_stream_reader_reads_every_open_shard_without_leases(kine
     kept = [p for p in payloads if orjson.loads(p)["status"] != "err"]
     assert figures.records_out == len(kept)
     assert source.shard_ids == ["shardId-000000000000", "shardId-000000000001"]
+
+
+@pytest.mark.slow
+def test_latency_compares_enhanced_fan_out_with_polling_on_kinesis_local(tmp_path: Path) -> None:
+    args = ("--source", "local", "--latency", "--shards", "1", "--rate", "40", "--duration", "3")
+    report, stdout, _ = bench(tmp_path, *args)
+    assert (report["shards"], report["rate"], report["duration_s"]) == (1, 40, 3)
+    assert [r["name"] for r in report["runs"]] == ["polling (defaults)", "polling (fast)", "efo (defaults)"]
+    for run in report["runs"]:
+        # Every record written reached the sink (the command fails otherwise), and the percentiles are ordered.
+        assert run["records"] > 0, run
+        assert 0 < run["p50_ms"] <= run["p99_ms"] <= run["max_ms"], run
+    assert "| efo (defaults) |" in stdout
+
+
+def test_latency_runs_on_the_local_source_only() -> None:
+    done = subprocess.run([*CLI, "bench", "--latency"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--latency" in done.stderr

@@ -207,6 +207,10 @@ async def test_bad_stream_settings_fail_at_start_up_naming_the_key(kinesalite: A
         await pipeline(endpoint, moto, {"streams": [{"stream": "orders", "role_arn": "reader"}]}).source.start(None)
     with pytest.raises(ConfigError, match=r"source\.streams\[1\]\.stream.*twice"):
         pipeline(endpoint, moto, {"streams": [{"stream": "orders"}, {"stream": "orders"}]})
+    with pytest.raises(ConfigError, match=r"source\.consumer"):
+        pipeline(endpoint, moto, {"streams": [{"stream": "orders"}], "consumer": "efo"})
+    with pytest.raises(ConfigError, match=r"source\.role_arn"):
+        pipeline(endpoint, moto, {"stream": "orders", "role_arn": ROLE, "consumer": "efo"})
     with pytest.raises(ConfigError, match=r"source\.streams"):
         pipeline(endpoint, moto, {"stream": "orders", "streams": [{"stream": "orders"}]})
     # A single-stream table cannot be read with multi-stream keys (each shard would get a second lease).
