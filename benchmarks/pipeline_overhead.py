@@ -32,8 +32,9 @@ from streamkit.processors.filter import Filter
 from streamkit.processors.json_codec import JsonDecode, JsonEncode
 from streamkit.processors.project import Map
 
+from streamkit.chain import Chain
 from streamkit.checkpoint import MemoryCheckpointStore
-from streamkit.processor import Chain, Processor
+from streamkit.processor import Processor
 from streamkit.runtime import Pipeline, Route, Runtime, tune_gc
 
 FIELDS = ["id", "event", "user", "amount"]

@@ -50,6 +50,7 @@ __all__ = [
     "KINESIS_CLIENT_OPTIONS",
     "KINESIS_TRANSIENT_CODES",
     "SDK_ERRORS",
+    "STS_CLIENT_OPTIONS",
     "THROTTLING_CODES",
     "AwsClient",
     "ClientOptions",
@@ -83,6 +84,10 @@ DEFAULT_CLIENT_OPTIONS = ClientOptions()
 KINESIS_CLIENT_OPTIONS = ClientOptions(max_pool_connections=64)
 """The Kinesis source's control and GetRecords client: one connection per shard read at once (64 shards per
 worker before calls queue for a connection); a GetRecords answer (10 MB at most) fits in the read timeout."""
+
+STS_CLIENT_OPTIONS = ClientOptions(read_timeout_s=10.0, max_pool_connections=2)
+"""The STS client that assumes a source's role_arn: AssumeRole answers in well under a second, and botocore
+refreshes the credentials 15 minutes before they expire, so a slow answer is retried long before it matters."""
 
 LEASE_CONNECT_TIMEOUT_S = 1.0
 LEASE_READ_TIMEOUT_S = 2.0

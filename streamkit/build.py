@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from streamkit.chain import Chain
 from streamkit.checkpoint import CheckpointStore
 from streamkit.config import AwsSettings, CheckpointSettings, PipelineConfig, RuntimeSettings, convert
 from streamkit.deadletter import DeadLetterQueue
@@ -18,7 +19,7 @@ from streamkit.errors import ConfigError
 from streamkit.metrics import Metrics
 from streamkit.plugins import Kind, load_plugin, resolve_reference
 from streamkit.predicates import batch_predicate, compile_values_predicate
-from streamkit.processor import Chain, Processor, as_processor
+from streamkit.processor import Processor, as_processor
 from streamkit.runtime import Pipeline, Route
 from streamkit.sink import Sink
 from streamkit.source import Source

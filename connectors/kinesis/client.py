@@ -28,6 +28,11 @@ def _keep_raw_body(response_dict: dict[str, Any], customized_response_dict: dict
         response_dict["body"] = _EMPTY_BODY
 
 
+def stream_argument(stream: str) -> dict[str, str]:
+    """``StreamARN`` for an ARN (the only way to name another account's stream), else ``StreamName``."""
+    return {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
+
+
 class KinesisClient:
     """An aiobotocore Kinesis client (from :class:`AwsClient`) plus the raw GetRecords path.
 
@@ -67,7 +72,7 @@ class KinesisClient:
         sequence_number: str | None = None,
         timestamp: dt.datetime | None = None,
     ) -> str:
-        kwargs: dict[str, Any] = {"StreamName": stream, "ShardId": shard_id, "ShardIteratorType": iterator_type}
+        kwargs: dict[str, Any] = {**stream_argument(stream), "ShardId": shard_id, "ShardIteratorType": iterator_type}
         if sequence_number is not None:
             kwargs["StartingSequenceNumber"] = sequence_number
         if timestamp is not None:
@@ -78,7 +83,7 @@ class KinesisClient:
     async def list_shards(self, stream: str) -> list[dict[str, Any]]:
         """Every shard of the stream, open and closed, following pagination."""
         shards: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {"StreamName": stream}
+        kwargs: dict[str, Any] = stream_argument(stream)
         while True:
             response = await self.client.list_shards(**kwargs)
             shards.extend(response.get("Shards", []))

@@ -38,7 +38,7 @@ import msgspec
 import structlog
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 from streamkit.connectors.aws_clients import KINESIS_TRANSIENT_CODES, ClientOptions, transient_reason
-from streamkit.connectors.kinesis.client import KinesisClient
+from streamkit.connectors.kinesis.client import KinesisClient, stream_argument
 from streamkit.connectors.kinesis.decode import ChildShard, DecodedRecords, decode_subscribe_event
 from streamkit.connectors.kinesis.efo_consumer import ConsumerRegistrationError, ensure_consumer
 from streamkit.connectors.kinesis.reader import ReadPacer, ReadSettings, ShardReader, StartAt
@@ -103,7 +103,7 @@ class FanOut:
         default_name: str,
     ) -> FanOut:  # fmt: skip
         """Register (or find) the consumer and open the subscription client; closed with ``stack``."""
-        summary = await control.client.describe_stream_summary(StreamName=stream)
+        summary = await control.client.describe_stream_summary(**stream_argument(stream))
         stream_arn: str = summary["StreamDescriptionSummary"]["StreamARN"]
         name = options.consumer_name or default_name
         try:

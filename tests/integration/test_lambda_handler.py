@@ -37,10 +37,10 @@ from streamkit.aws_lambda.events import EventFormatError
 from streamkit.aws_lambda.pipeline import LambdaEventSource, LambdaOptions
 from streamkit.aws_lambda.pipeline import load as load_pipeline
 from streamkit.batch import RecordBatch, concat_payloads
+from streamkit.chain import Chain
 from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.errors import ConfigError
 from streamkit.localstack import MotoServer
-from streamkit.processor import Chain
 from streamkit.runtime import Pipeline, Route
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 from tests.helpers import modelled_response

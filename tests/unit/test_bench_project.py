@@ -15,10 +15,11 @@ from streamkit.processors.project import Map
 from streamkit.acks import PartitionTracker
 from streamkit.batch import RecordBatch
 from streamkit.build import BuildEnv
+from streamkit.chain import Chain
 from streamkit.config import AwsSettings
 from streamkit.errors import ConfigError
 from streamkit.plugins import load_plugin
-from streamkit.processor import Chain, Failure
+from streamkit.processor import Failure
 from tests.helpers import P
 
 ENV = BuildEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")

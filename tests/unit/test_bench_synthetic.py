@@ -14,8 +14,8 @@ from streamkit.connectors.kinesis.synthetic import SyntheticKinesisSource, Synth
 from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
 
 from streamkit.bench.data import FIRST_SEQUENCE, RECORDS_PER_BODY, recorded_shard
+from streamkit.chain import Chain
 from streamkit.checkpoint import MemoryCheckpointStore
-from streamkit.processor import Chain
 from streamkit.runtime import Pipeline, Route, Runtime
 
 

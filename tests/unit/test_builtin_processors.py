@@ -12,8 +12,8 @@ from streamkit.processors.project import Map
 from streamkit.processors.timestamp import Timestamp
 
 from streamkit.build import BuildEnv
+from streamkit.chain import Chain
 from streamkit.config import AwsSettings
-from streamkit.processor import Chain
 from tests.helpers import ticketed
 
 ENV = BuildEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")

@@ -18,9 +18,9 @@ from streamkit.processors.avro_codec import AvroDecode, AvroDecodeOptions, Regis
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import BuildEnv
+from streamkit.chain import Chain
 from streamkit.config import AwsSettings
 from streamkit.errors import ConfigError
-from streamkit.processor import Chain
 
 SCHEMA = {
     "type": "record",

@@ -28,11 +28,12 @@ from streamkit.processors.timestamp import Timestamp
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import BuildEnv
+from streamkit.chain import Chain
 from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.config import AwsSettings
 from streamkit.planner import FusedJson
 from streamkit.predicates import batch_predicate, compile_values_predicate
-from streamkit.processor import Chain, PerRecord, Processor
+from streamkit.processor import PerRecord, Processor
 from streamkit.runtime import Pipeline, Route, Runtime
 from tests.helpers import P, ticketed
 

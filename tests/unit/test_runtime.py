@@ -13,10 +13,10 @@ from streamkit.processors.json_codec import JsonDecode
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import build_pipeline
+from streamkit.chain import Chain
 from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.config import parse_config
 from streamkit.errors import CheckpointDeferred, SinkError
-from streamkit.processor import Chain
 from streamkit.runtime import Pipeline, Route, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection, Sink
 from streamkit.source import PartitionReader, Source, SourceBatch
