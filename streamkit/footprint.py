@@ -104,10 +104,11 @@ def payload_size(payloads: Sequence[bytes], total: int | None = None) -> int:
 
 
 def positions_size(positions: Sequence[Any]) -> int:
-    """Memory a batch's source positions hold: a ``range`` (consecutive Kafka offsets) holds no integers,
-    an array its buffer; other sequences (Kinesis sequence numbers) are sampled."""
+    """Memory a batch's source positions hold: a ``range`` (consecutive Kafka offsets) holds three integers,
+    not one per record; an array its buffer; other sequences (Kinesis sequence numbers) are sampled."""
     if type(positions) is range:
-        return sys.getsizeof(positions)
+        # The object and the integers it keeps (start, stop, length; a step of 1 is a shared small int).
+        return sys.getsizeof(positions) + 3 * sys.getsizeof(positions.stop)
     if isinstance(positions, np.ndarray):
         return sys.getsizeof(positions) + (0 if positions.base is None else positions.nbytes)
     return sampled_size(positions)
