@@ -25,15 +25,15 @@ from typing import Any
 
 import orjson
 from isal import igzip
+
+from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.connectors.local.generator import GeneratorOptions, make_payload
 from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
 from streamkit.connectors.local.replay import ReplaySource
+from streamkit.processor import Chain, Processor
 from streamkit.processors.filter import Filter
 from streamkit.processors.json_codec import JsonDecode, JsonEncode
 from streamkit.processors.project import Map
-
-from streamkit.checkpoint import MemoryCheckpointStore
-from streamkit.processor import Chain, Processor
 from streamkit.runtime import Pipeline, Route, Runtime, tune_gc
 
 FIELDS = ["id", "event", "user", "amount"]

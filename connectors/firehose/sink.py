@@ -24,6 +24,10 @@ from typing import Any, Literal
 
 import numpy as np
 import structlog
+
+from streamkit.batch import RecordBatch, chunk_bounds
+from streamkit.build import BuildEnv
+from streamkit.config import PositiveInt, Size
 from streamkit.connectors.aws_clients import (
     SDK_ERRORS,
     AwsClient,
@@ -41,10 +45,6 @@ from streamkit.connectors.firehose.records import (
     RecordEncoder,
     oversize_reason,
 )
-
-from streamkit.batch import RecordBatch, chunk_bounds
-from streamkit.build import BuildEnv
-from streamkit.config import PositiveInt, Size
 from streamkit.errors import ConfigError, SinkError
 from streamkit.retry import RetryBudget, RetryPolicy
 from streamkit.sink import BufferedSink, BufferOptions, Rejection

@@ -31,14 +31,14 @@ import msgspec
 import numpy as np
 import structlog
 from isal import igzip
-from streamkit.connectors.influxdb.mapping import UNIT_PRECISION, FieldOptions, LineMapping, Precision, TagOptions
-from streamkit.connectors.influxdb.responses import FirstBad, Partial, Unclear, Written, interpret, short
-from streamkit.connectors.influxdb.token import Token, TokenSource
-from streamkit.connectors.timestream.mapping import TimeOptions
 
 from streamkit.batch import RecordBatch, chunk_bounds
 from streamkit.build import BuildEnv
 from streamkit.config import PositiveInt, PositiveSeconds, Size
+from streamkit.connectors.influxdb.mapping import UNIT_PRECISION, FieldOptions, LineMapping, Precision, TagOptions
+from streamkit.connectors.influxdb.responses import FirstBad, Partial, Unclear, Written, interpret, short
+from streamkit.connectors.influxdb.token import Token, TokenSource
+from streamkit.connectors.timestream.mapping import TimeOptions
 from streamkit.errors import ConfigError, SinkError
 from streamkit.retry import retry
 from streamkit.sink import BufferedSink, BufferOptions, Rejection

@@ -14,9 +14,9 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from botocore.config import Config
-from streamkit.connectors.kinesis.decode import DecodedRecords, decode_get_records
 
 from streamkit.config import AwsSettings
+from streamkit.connectors.kinesis.decode import DecodedRecords, decode_get_records
 
 _RAW_KEY = "StreamkitRawBody"
 _EMPTY_BODY = b'{"Records":[]}'

@@ -19,6 +19,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import structlog
+
+from streamkit.batch import Partition
+from streamkit.checkpoint import CheckpointStore
+from streamkit.config import AwsSettings, PositiveInt, PositiveSeconds, Size
 from streamkit.connectors.dynamodb import (
     SHARD_END,
     Lease,
@@ -34,10 +38,6 @@ from streamkit.connectors.kinesis.decode import ChildShard
 from streamkit.connectors.kinesis.efo import FanOut, FanOutOptions
 from streamkit.connectors.kinesis.positions import KinesisPosition, checkpoint_for, parse_checkpoint
 from streamkit.connectors.kinesis.reader import ReadSettings, ShardReader, StartAt
-
-from streamkit.batch import Partition
-from streamkit.checkpoint import CheckpointStore
-from streamkit.config import AwsSettings, PositiveInt, PositiveSeconds, Size
 from streamkit.errors import CheckpointDeferred, CheckpointRejected, ConfigError
 from streamkit.retry import RetryPolicy
 from streamkit.share import process_share

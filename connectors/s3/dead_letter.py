@@ -25,11 +25,11 @@ from typing import Annotated, Literal
 import msgspec
 import structlog
 from isal import igzip
-from streamkit.connectors.aws_clients import SDK_ERRORS, AwsClient, ClientOptions, describe_error, error_code
-from streamkit.connectors.s3.upload import ACCOUNT_ID, Outcome, S3Requests, SseOptions, owner_refused
 
 from streamkit.build import BuildEnv
 from streamkit.config import PositiveInt, PositiveSeconds, Size
+from streamkit.connectors.aws_clients import SDK_ERRORS, AwsClient, ClientOptions, describe_error, error_code
+from streamkit.connectors.s3.upload import ACCOUNT_ID, Outcome, S3Requests, SseOptions, owner_refused
 from streamkit.deadletter import DeadLetterQueue, encode_entries
 from streamkit.errors import ConfigError, SinkError
 from streamkit.processor import Failure

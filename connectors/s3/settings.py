@@ -6,14 +6,14 @@ import json
 from typing import Annotated, Any, Literal
 
 import msgspec
+
+from streamkit.build import BuildEnv
+from streamkit.config import NonNegativeSeconds, PositiveInt, PositiveSeconds, Size
 from streamkit.connectors.aws_clients import ClientOptions
 from streamkit.connectors.s3.formats import MIN_PART_SIZE, InvalidFormatConfig, ObjectWriter, make_writer
 from streamkit.connectors.s3.keys import DEFAULT_KEY_TEMPLATE, DEFAULT_PARTITION_TEMPLATE
 from streamkit.connectors.s3.segments import SegmentRules
 from streamkit.connectors.s3.upload import ACCOUNT_ID, MAX_PART_SIZE, SseOptions
-
-from streamkit.build import BuildEnv
-from streamkit.config import NonNegativeSeconds, PositiveInt, PositiveSeconds, Size
 from streamkit.errors import ConfigError
 from streamkit.retry import RetryPolicy
 

@@ -23,6 +23,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import structlog
+
+from streamkit.batch import Partition, RecordBatch
+from streamkit.build import BuildEnv
 from streamkit.connectors.aws_clients import SDK_ERRORS, AwsClient, describe_error, error_code
 from streamkit.connectors.s3.keys import PositionLike, TemplateError, compile_key_template, compile_partitioner
 from streamkit.connectors.s3.segments import OpenObject, Segment, ShardSegments
@@ -34,9 +37,6 @@ from streamkit.connectors.s3.settings import (
     writer_factory,
 )
 from streamkit.connectors.s3.upload import Outcome, S3Requests, owner_refused
-
-from streamkit.batch import Partition, RecordBatch
-from streamkit.build import BuildEnv
 from streamkit.errors import ConfigError, SinkError
 from streamkit.sink import Sink
 

@@ -22,6 +22,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import structlog
+
+from streamkit.batch import RecordBatch
+from streamkit.build import BuildEnv
+from streamkit.config import PositiveInt
 from streamkit.connectors.aws_clients import (
     SDK_ERRORS,
     AwsClient,
@@ -39,10 +43,6 @@ from streamkit.connectors.timestream.mapping import (
     TimeOptions,
     hoist,
 )
-
-from streamkit.batch import RecordBatch
-from streamkit.build import BuildEnv
-from streamkit.config import PositiveInt
 from streamkit.errors import ConfigError, SinkError
 from streamkit.retry import RetryBudget
 from streamkit.sink import BufferedSink, BufferOptions, Rejection

@@ -24,13 +24,13 @@ import numpy as np
 import orjson
 import pytest
 from aiobotocore.session import get_session
-from streamkit.connectors.firehose import FirehoseOptions, FirehoseSink
-from streamkit.connectors.local.memory_sink import MemoryDeadLetter
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import RecordBatch
 from streamkit.build import BuildEnv, build_pipeline
 from streamkit.config import AwsSettings, convert, parse_config
+from streamkit.connectors.firehose import FirehoseOptions, FirehoseSink
+from streamkit.connectors.local.memory_sink import MemoryDeadLetter
 from streamkit.errors import ConfigError, SinkError
 from streamkit.localstack import MotoServer
 from streamkit.runtime import Runtime

@@ -24,12 +24,12 @@ import msgspec
 import orjson
 import pytest
 import structlog
-from streamkit.connectors.influxdb import InfluxDBOptions, InfluxDBSink
-from streamkit.connectors.local.generator import GeneratorOptions, make_payload
-from streamkit.connectors.local.memory_sink import MemoryDeadLetter
 
 from streamkit.build import BuildEnv, build_pipeline
 from streamkit.config import AwsSettings, convert, load_config
+from streamkit.connectors.influxdb import InfluxDBOptions, InfluxDBSink
+from streamkit.connectors.local.generator import GeneratorOptions, make_payload
+from streamkit.connectors.local.memory_sink import MemoryDeadLetter
 from streamkit.errors import ConfigError, SinkError
 from streamkit.localstack import InfluxStandIn, MotoServer
 from streamkit.runtime import Runtime

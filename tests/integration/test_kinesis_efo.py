@@ -19,13 +19,13 @@ import boto3
 import orjson
 import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
-from streamkit.connectors.kinesis.efo_consumer import ConsumerRegistrationError, ensure_consumer
-from streamkit.connectors.kinesis.source import KinesisSource
-from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
 
 from streamkit.batch import RecordBatch
 from streamkit.build import build_pipeline
 from streamkit.config import AwsSettings, parse_config
+from streamkit.connectors.kinesis.efo_consumer import ConsumerRegistrationError, ensure_consumer
+from streamkit.connectors.kinesis.source import KinesisSource
+from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
 from streamkit.localstack.efo_proxy import EventStreamProxy
 from streamkit.runtime import Pipeline, Runtime
 from streamkit.sink import Rejection

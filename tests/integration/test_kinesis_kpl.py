@@ -12,12 +12,12 @@ import boto3
 import orjson
 import pytest
 from aws_kinesis_agg.aggregator import AggRecord, RecordAggregator
-from streamkit.connectors.kinesis.source import KinesisSource
-from streamkit.connectors.local.memory_sink import MemorySink
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import build_pipeline
 from streamkit.config import parse_config
+from streamkit.connectors.kinesis.source import KinesisSource
+from streamkit.connectors.local.memory_sink import MemorySink
 from streamkit.runtime import Pipeline, Runtime
 from streamkit.sink import Sink
 from tests.helpers import wait_for

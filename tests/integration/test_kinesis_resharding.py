@@ -18,12 +18,12 @@ from typing import Any, ClassVar
 import boto3
 import orjson
 import pytest
-from streamkit.connectors.kinesis.source import KinesisSource
-from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
 
 from streamkit.batch import RecordBatch
 from streamkit.build import build_pipeline
 from streamkit.config import parse_config
+from streamkit.connectors.kinesis.source import KinesisSource
+from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
 from streamkit.runtime import Runtime
 from streamkit.sink import Rejection
 from tests.helpers import wait_for

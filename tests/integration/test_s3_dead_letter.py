@@ -14,12 +14,12 @@ import duckdb
 import orjson
 import pytest
 from botocore.awsrequest import AWSResponse
-from streamkit.connectors.s3.dead_letter import S3DeadLetter, S3DeadLetterOptions
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import BuildEnv, build_pipeline
 from streamkit.config import AwsSettings, convert, parse_config
+from streamkit.connectors.s3.dead_letter import S3DeadLetter, S3DeadLetterOptions
 from streamkit.errors import ConfigError
 from streamkit.localstack import MotoServer
 from streamkit.processor import Failure

@@ -32,14 +32,14 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 from botocore.awsrequest import AWSResponse
-from streamkit.connectors.local.memory_sink import MemoryDeadLetter
-from streamkit.connectors.s3.sink import S3Sink, S3SinkOptions, marker_key
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import BuildEnv, build_pipeline
 from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.config import AwsSettings, convert, parse_config
+from streamkit.connectors.local.memory_sink import MemoryDeadLetter
+from streamkit.connectors.s3.sink import S3Sink, S3SinkOptions, marker_key
 from streamkit.errors import ConfigError, SinkError
 from streamkit.localstack import MotoServer
 from streamkit.runtime import Pipeline, Route, RunSummary, Runtime

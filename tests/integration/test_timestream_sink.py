@@ -26,11 +26,11 @@ from typing import Any
 import boto3
 import pytest
 from aiobotocore.session import get_session
-from streamkit.connectors.local.memory_sink import MemoryDeadLetter
-from streamkit.connectors.timestream import TimestreamOptions, TimestreamSink
 
 from streamkit.build import BuildEnv, build_pipeline
 from streamkit.config import AwsSettings, convert, parse_config
+from streamkit.connectors.local.memory_sink import MemoryDeadLetter
+from streamkit.connectors.timestream import TimestreamOptions, TimestreamSink
 from streamkit.errors import ConfigError, SinkError
 from streamkit.localstack import MotoServer
 from streamkit.runtime import Runtime

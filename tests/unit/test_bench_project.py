@@ -7,10 +7,6 @@ from typing import Any
 
 import orjson
 import pytest
-from streamkit.processors.filter import Filter
-from streamkit.processors.json_codec import JsonDecode
-from streamkit.processors.json_project import JsonProject
-from streamkit.processors.project import Map
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import RecordBatch
@@ -19,6 +15,10 @@ from streamkit.config import AwsSettings
 from streamkit.errors import ConfigError
 from streamkit.plugins import load_plugin
 from streamkit.processor import Chain, Failure
+from streamkit.processors.filter import Filter
+from streamkit.processors.json_codec import JsonDecode
+from streamkit.processors.json_project import JsonProject
+from streamkit.processors.project import Map
 from tests.helpers import P
 
 ENV = BuildEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")

@@ -6,14 +6,14 @@ from typing import Any
 
 import numpy as np
 import orjson
-from streamkit.processors.filter import Filter
-from streamkit.processors.json_codec import JsonDecode, JsonEncode
-from streamkit.processors.project import Map
-from streamkit.processors.timestamp import Timestamp
 
 from streamkit.build import BuildEnv
 from streamkit.config import AwsSettings
 from streamkit.processor import Chain
+from streamkit.processors.filter import Filter
+from streamkit.processors.json_codec import JsonDecode, JsonEncode
+from streamkit.processors.project import Map
+from streamkit.processors.timestamp import Timestamp
 from tests.helpers import ticketed
 
 ENV = BuildEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")

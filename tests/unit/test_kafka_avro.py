@@ -14,13 +14,13 @@ import pytest
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from streamkit.processors.avro_codec import AvroDecode, AvroDecodeOptions, RegistryOptions
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import BuildEnv
 from streamkit.config import AwsSettings
 from streamkit.errors import ConfigError
 from streamkit.processor import Chain
+from streamkit.processors.avro_codec import AvroDecode, AvroDecodeOptions, RegistryOptions
 
 SCHEMA = {
     "type": "record",

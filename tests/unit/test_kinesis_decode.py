@@ -12,6 +12,7 @@ import botocore.session
 import numpy as np
 import orjson
 import pytest
+
 from streamkit.connectors.kinesis.decode import (
     MISSING_ARRIVAL_MS,
     ChildShard,

@@ -13,10 +13,10 @@ from typing import Any
 import aws_kinesis_agg.aggregator as agg
 import numpy as np
 import pytest
-from streamkit.connectors.kinesis.kpl import MAGIC
 
 from streamkit.aws_lambda.events import EventFormatError, decode_event
 from streamkit.batch import Partition
+from streamkit.connectors.kinesis.kpl import MAGIC
 
 STREAM_ARN = "arn:aws:kinesis:us-east-2:123456789012:stream/clicks"
 SEQ = "4959033827149025660855969253836157109592157598913658"  # + 4 digits: 56 like real sequence numbers

@@ -4,11 +4,11 @@ import asyncio
 from typing import Any
 
 import pytest
-from streamkit.processors.json_codec import JsonDecode, JsonEncode
 
 from streamkit.batch import RecordBatch
 from streamkit.errors import ProcessingError
 from streamkit.processor import Chain, PerRecord, as_processor, batch_processor
+from streamkit.processors.json_codec import JsonDecode, JsonEncode
 from tests.helpers import json_batch, ticketed
 
 

@@ -8,15 +8,15 @@ from typing import Any
 
 import orjson
 import pytest
-from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink, MemorySinkOptions
-from streamkit.processors.json_codec import JsonDecode
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import build_pipeline
 from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.config import parse_config
+from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink, MemorySinkOptions
 from streamkit.errors import CheckpointDeferred, SinkError
 from streamkit.processor import Chain
+from streamkit.processors.json_codec import JsonDecode
 from streamkit.runtime import Pipeline, Route, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection, Sink
 from streamkit.source import PartitionReader, Source, SourceBatch

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink
 
 from streamkit.batch import Partition
 from streamkit.build import BuildEnv, build_plugin
 from streamkit.config import AwsSettings
+from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink
 from streamkit.processor import Failure
 from tests.helpers import ticketed
 

@@ -8,6 +8,11 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+
+from streamkit.acks import PartitionTracker
+from streamkit.batch import RecordBatch
+from streamkit.build import BuildEnv, build_plugin
+from streamkit.config import AwsSettings
 from streamkit.connectors.timestream.mapping import (
     VERSION_SCALE,
     DimensionOptions,
@@ -16,11 +21,6 @@ from streamkit.connectors.timestream.mapping import (
     TimeOptions,
     hoist,
 )
-
-from streamkit.acks import PartitionTracker
-from streamkit.batch import RecordBatch
-from streamkit.build import BuildEnv, build_plugin
-from streamkit.config import AwsSettings
 from streamkit.errors import ConfigError
 from tests.helpers import P, json_batch, ticketed
 
