@@ -26,7 +26,6 @@ import numpy as np
 import structlog
 
 from streamkit.batch import RecordBatch, chunk_bounds
-from streamkit.build import BuildEnv
 from streamkit.config import PositiveInt, Size
 from streamkit.connectors.aws_clients import (
     SDK_ERRORS,
@@ -46,6 +45,7 @@ from streamkit.connectors.firehose.records import (
     oversize_reason,
 )
 from streamkit.errors import ConfigError, SinkError
+from streamkit.plugin_env import PluginEnv
 from streamkit.retry import RetryBudget, RetryPolicy
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 
@@ -80,7 +80,7 @@ class FirehoseSink(BufferedSink):
 
     Options = FirehoseOptions
 
-    def __init__(self, options: FirehoseOptions, env: BuildEnv) -> None:
+    def __init__(self, options: FirehoseOptions, env: PluginEnv) -> None:
         super().__init__(options)
         if options.max_records < 1:
             raise ConfigError(f"{env.where}.max_records", f"expected at least 1, got {options.max_records}")

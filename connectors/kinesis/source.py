@@ -39,6 +39,7 @@ from streamkit.connectors.kinesis.efo import FanOut, FanOutOptions
 from streamkit.connectors.kinesis.positions import KinesisPosition, checkpoint_for, parse_checkpoint
 from streamkit.connectors.kinesis.reader import ReadSettings, ShardReader, StartAt
 from streamkit.errors import CheckpointDeferred, CheckpointRejected, ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.retry import RetryPolicy
 from streamkit.share import process_share
 from streamkit.source import PartitionHost, Source
@@ -132,8 +133,8 @@ class LeaseCheckpointStore(CheckpointStore):
 class KinesisSource(Source):
     Options = KinesisSourceOptions
 
-    def __init__(self, options: KinesisSourceOptions, env: Any) -> None:
-        _validate(options, getattr(env, "where", "source") or "source")
+    def __init__(self, options: KinesisSourceOptions, env: PluginEnv) -> None:
+        _validate(options, env.where or "source")
         self.options = options
         self.aws: AwsSettings = env.aws
         self.name = f"kinesis:{options.stream}"

@@ -10,9 +10,9 @@ import pytest
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import RecordBatch
-from streamkit.build import BuildEnv
 from streamkit.config import AwsSettings
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.plugins import load_plugin
 from streamkit.processor import Chain, Failure
 from streamkit.processors.filter import Filter
@@ -21,7 +21,7 @@ from streamkit.processors.json_project import JsonProject
 from streamkit.processors.project import Map
 from tests.helpers import P
 
-ENV = BuildEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")
+ENV = PluginEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")
 
 ROWS: list[Any] = [
     {"id": 1, "status": "ok", "event": "click", "user": {"id": 7, "country": "DE"}, "amount": 1.5, "pad": "x" * 50},

@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from streamkit.build import BuildEnv
 from streamkit.config import AwsSettings
+from streamkit.plugin_env import PluginEnv
 from streamkit.processor import Chain
 from streamkit.processors.filter import Filter
 from streamkit.processors.json_codec import JsonDecode, JsonEncode
@@ -16,7 +16,7 @@ from streamkit.processors.project import Map
 from streamkit.processors.timestamp import Timestamp
 from tests.helpers import ticketed
 
-ENV = BuildEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")
+ENV = PluginEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")
 
 ROWS = [
     {"id": 1, "status": "ok", "user": {"id": 7, "country": "DE"}, "ts": 1_700_000_000_000},

@@ -16,9 +16,9 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from streamkit.batch import Partition, RecordBatch
-from streamkit.build import BuildEnv
 from streamkit.config import AwsSettings
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.processor import Chain
 from streamkit.processors.avro_codec import AvroDecode, AvroDecodeOptions, RegistryOptions
 
@@ -32,8 +32,8 @@ VALUES = [{"id": i, "page": f"/p/{i}"} for i in range(5)]
 P = Partition("kafka:clicks", "0")
 
 
-def env(tmp_path: Path) -> BuildEnv:
-    return BuildEnv("test", AwsSettings(), tmp_path, where="processors[0]")
+def env(tmp_path: Path) -> PluginEnv:
+    return PluginEnv("test", AwsSettings(), tmp_path, where="processors[0]")
 
 
 def body(value: dict[str, Any], schema: dict[str, Any] = SCHEMA) -> bytes:

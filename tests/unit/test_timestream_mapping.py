@@ -11,7 +11,7 @@ import pytest
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import RecordBatch
-from streamkit.build import BuildEnv, build_plugin
+from streamkit.build import build_plugin
 from streamkit.config import AwsSettings
 from streamkit.connectors.timestream.mapping import (
     VERSION_SCALE,
@@ -22,6 +22,7 @@ from streamkit.connectors.timestream.mapping import (
     hoist,
 )
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from tests.helpers import P, json_batch, ticketed
 
 
@@ -183,7 +184,7 @@ def test_hoisting_moves_what_every_record_shares_into_common_attributes() -> Non
 
 
 def _build(section: dict[str, Any]) -> Any:
-    env = BuildEnv("test", AwsSettings(), Path.cwd())
+    env = PluginEnv("test", AwsSettings(), Path.cwd())
     return build_plugin("sink", {"type": "timestream", **section}, "sinks[2]", env, {"name", "when"})
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from streamkit.batch import RecordBatch
+from streamkit.plugin_env import PluginEnv
 from streamkit.processor import ProcessContext
 
 REGIONS = {"DE": "eu", "FR": "eu", "US": "na", "BR": "sa", "JP": "apac", "IN": "apac"}
@@ -25,7 +26,7 @@ class GeoEnrich:
         unknown: str = "fail"
         """What to do with a country not in the table: ``fail`` (dead-letter the record) or a region name."""
 
-    def __init__(self, options: Options, env: Any) -> None:
+    def __init__(self, options: Options, env: PluginEnv) -> None:
         self.options = options
 
     def __call__(self, batch: RecordBatch, ctx: ProcessContext) -> RecordBatch | None:
