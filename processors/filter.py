@@ -9,7 +9,7 @@ import numpy as np
 
 from streamkit.batch import RecordBatch
 from streamkit.plugin_env import PluginEnv
-from streamkit.predicates import compile_values_predicate
+from streamkit.predicates import compile_values_predicate, predicate_fields
 from streamkit.processor import ProcessContext
 
 
@@ -26,6 +26,9 @@ class Filter:
         where = (env.where or "processors[?]") + ".where"
         self.predicate = compile_values_predicate(options.where, where, env.resolve)
         self.drop = options.drop
+        self.where = options.where
+        self.reads = predicate_fields(options.where)
+        """The field paths the predicate reads (None: a callable, which may read anything); for the planner."""
 
     def __call__(self, batch: RecordBatch, ctx: ProcessContext) -> RecordBatch | None:
         keep = np.fromiter(self.predicate(batch.values), dtype=np.bool_, count=len(batch))

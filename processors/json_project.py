@@ -37,6 +37,20 @@ from streamkit.processor import ProcessContext
 _UNSET: Any = msgspec.UNSET
 
 
+class NotExact(Exception):
+    """Raised in exact mode when a batch has a record this step would not treat exactly as
+    ``json.decode -> filter -> map`` does; the chain planner then runs the batch through its general path."""
+
+
+def _exact_float(text: str) -> float:
+    """msgspec's float_hook in exact mode: floats orjson writes with an ``e+`` exponent (abs >= 1e16),
+    which msgspec writes without the ``+``, and numbers beyond the float range, leave the fast path."""
+    value = float(text)
+    if not -1e16 < value < 1e16:
+        raise NotExact(text)
+    return value
+
+
 def _where_fields(spec: Any) -> set[str]:
     """Top-level fields a predicate mapping reads (the first part of each dotted path)."""
     if isinstance(spec, dict):
@@ -71,7 +85,10 @@ class JsonProject:
         """A predicate as for ``filter`` (field comparisons, all/any/not); records where it is false are dropped."""
         missing: Literal["omit", "null", "fail"] = "omit"
 
-    def __init__(self, options: Options, env: PluginEnv) -> None:
+    def __init__(self, options: Options, env: PluginEnv, *, exact: bool = False) -> None:
+        """``exact`` (used by the chain planner, not configurable): decode kept fields as values and
+        write them back, so the bytes are orjson's; raise :class:`NotExact` instead of dead-lettering."""
+        self.exact = exact
         where_path = env.where or "processors[?]"
         mapping = options.fields if isinstance(options.fields, dict) else {f: f for f in options.fields}
         if not mapping:
@@ -103,10 +120,10 @@ class JsonProject:
             self._attr[key] = attr
             # A field the predicate reads is decoded into Python values (and re-encoded if also projected);
             # the others stay raw bytes.
-            spec.append((attr, Any if key in read else msgspec.Raw | msgspec.UnsetType, _UNSET))
+            spec.append((attr, Any if key in read or exact else msgspec.Raw | msgspec.UnsetType, _UNSET))
         # gc=False: the structs hold raw bytes and JSON values only, which cannot form reference cycles.
         struct = msgspec.defstruct("Projection", spec, rename=rename, gc=False)
-        self._decode = msgspec.json.Decoder(struct).decode
+        self._decode = msgspec.json.Decoder(struct, float_hook=_exact_float if exact else None).decode
         self._encode = msgspec.json.Encoder().encode
         self._projected = [(self._attr[src], src) for src in inputs]
         self._clear = [self._attr[k] for k in sorted(read - set(inputs))]
@@ -147,8 +164,12 @@ class JsonProject:
         payloads = batch.payloads
         try:
             structs = list(map(self._decode, payloads))
-        except msgspec.DecodeError:  # ValidationError included
+        except msgspec.DecodeError as exc:  # ValidationError included
+            if self.exact:
+                raise NotExact(str(exc)) from None
             return self._slowly(batch, ctx)
+        if self.exact and not all(map(bytes.isascii, payloads)):
+            raise NotExact("non-ASCII bytes: skipped text is not checked for UTF-8 here")
         return self._finish(batch, structs, ctx)
 
     def _finish(self, batch: RecordBatch, structs: list[Any], ctx: ProcessContext) -> RecordBatch | None:
@@ -168,6 +189,8 @@ class JsonProject:
         if self._out is not None:
             structs = list(starmap(self._out, map(self._row, structs)))
         out = list(map(self._encode, structs))
+        if self.exact:
+            return batch.with_payloads(out)  # ASCII in, values re-encoded: valid UTF-8 out
         try:
             # Raw values are copied unchecked: validate the output text once per batch (fast for ASCII).
             b"".join(out).decode("utf-8")

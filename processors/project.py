@@ -32,6 +32,8 @@ class Map:
             raise ConfigError((env.where or "processors[?]") + ".fields", "expected at least one field")
         self.getters = [(out, field_getter(path), path) for out, path in mapping.items()]
         self.missing = options.missing
+        self.paths = list(mapping.values())
+        """The input field paths read; for the planner."""
         # One dict comprehension per record is the fast path when all paths are plain keys.
         self.flat = {out: path for out, path in mapping.items() if "." not in path}
         self.all_flat = len(self.flat) == len(mapping)

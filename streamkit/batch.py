@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from streamkit.json_bytes import dumps_all
 
@@ -116,6 +117,7 @@ class RecordBatch:
     __slots__ = (
         "_payloads",
         "_values",
+        "_values_on_demand",
         "arrival_ms",
         "event_ms",
         "headers",
@@ -139,6 +141,7 @@ class RecordBatch:
         origin: Int64Array | None = None,
         origin_unique: bool = True,
         ticket: AckTicket | None = None,
+        values_on_demand: bool = False,
     ) -> None:
         if payloads is None and values is None:
             raise BatchError(f"a batch of {partition} needs payloads or values")
@@ -153,6 +156,8 @@ class RecordBatch:
         self.origin = origin if origin is not None else np.arange(n, dtype=np.int64)
         self.origin_unique = origin_unique
         self.ticket = ticket
+        self._values_on_demand = values_on_demand and values is None and payloads is not None
+        """The values are what the payloads decode to as JSON, decoded on first use (see with_values_on_demand)."""
 
     # -- contents --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -163,11 +168,14 @@ class RecordBatch:
 
     @property
     def decoded(self) -> bool:
-        return self._values is not None
+        return self._values is not None or self._values_on_demand
 
     @property
     def values(self) -> list[Any]:
         """Decoded records. Raises unless a decoder (for example ``json.decode``) ran earlier."""
+        if self._values is None and self._values_on_demand:
+            loads = orjson.loads
+            self._values = [loads(p) for p in self.payloads]
         if self._values is None:
             raise BatchError(
                 f"records of {self.partition} are not decoded yet: put a decoder such as json.decode "
@@ -202,7 +210,7 @@ class RecordBatch:
 
         What a sink that writes bytes keeps until its write: a buffer of these holds no dicts alive.
         """
-        if self._values is None:
+        if self._values is None and not self._values_on_demand:
             return self
         return self._derive(
             payloads=self.payloads,
@@ -230,7 +238,7 @@ class RecordBatch:
 
     def records(self) -> Iterator[Record]:
         """Per-record views (slow path: builds an object per record)."""
-        values = self._values if self._values is not None else self.payloads
+        values = self.values if self.decoded else self.payloads
         keys = self.keys
         headers = self.headers
         event = self.event_ms
@@ -257,6 +265,7 @@ class RecordBatch:
         headers: list[list[Header] | None] | None,
         origin: Int64Array,
         origin_unique: bool,
+        values_on_demand: bool = False,
     ) -> RecordBatch:
         return RecordBatch(
             self.partition,
@@ -269,6 +278,7 @@ class RecordBatch:
             origin=origin,
             origin_unique=origin_unique,
             ticket=self.ticket,
+            values_on_demand=values_on_demand,
         )
 
     def with_values(self, values: list[Any], *, keep_payloads: bool = False) -> RecordBatch:
@@ -296,7 +306,8 @@ class RecordBatch:
             raise BatchError(f"{len(payloads)} payloads for {len(self)} records of {self.partition}")
         return self._derive(
             payloads=payloads,
-            values=self._values if keep_values else None,
+            # Values decoded on demand come from the old payloads: decode them before those are replaced.
+            values=(self.values if self._values_on_demand else self._values) if keep_values else None,
             keys=self.keys,
             arrival_ms=self.arrival_ms,
             event_ms=self.event_ms,
@@ -315,8 +326,27 @@ class RecordBatch:
             headers=self.headers,
             origin=self.origin,
             origin_unique=self.origin_unique,
+            values_on_demand=self._values_on_demand,
         )
         return batch
+
+    def with_values_on_demand(self) -> RecordBatch:
+        """The same records whose values are decoded from the payloads (as JSON) only when first read.
+
+        For a fused pass that decoded only some fields: its output keeps the source bytes, and whoever
+        reads values later (a plugin, a sink's ``when:``, a Parquet writer) gets whole records, exactly as
+        ``json.decode`` would have given them."""
+        return self._derive(
+            payloads=self.payloads,
+            values=None,
+            keys=self.keys,
+            arrival_ms=self.arrival_ms,
+            event_ms=self.event_ms,
+            headers=self.headers,
+            origin=self.origin,
+            origin_unique=self.origin_unique,
+            values_on_demand=True,
+        )
 
     def select(self, mask: BoolArray | Sequence[bool]) -> RecordBatch:
         """The records where ``mask`` is true, in order (a vector operation on every column)."""
@@ -335,6 +365,7 @@ class RecordBatch:
             headers=list(compress(self.headers, flags)) if self.headers is not None else None,
             origin=self.origin[m],
             origin_unique=self.origin_unique,
+            values_on_demand=self._values_on_demand,
         )
 
     def slice(self, start: int, end: int) -> RecordBatch:
@@ -350,6 +381,7 @@ class RecordBatch:
             headers=self.headers[start:end] if self.headers is not None else None,
             origin=self.origin[start:end],
             origin_unique=self.origin_unique,
+            values_on_demand=self._values_on_demand,
         )
 
     def take(self, indices: Sequence[int] | Int64Array) -> RecordBatch:
@@ -365,6 +397,7 @@ class RecordBatch:
             headers=[self.headers[i] for i in ids] if self.headers is not None else None,
             origin=self.origin[idx],
             origin_unique=self.origin_unique,
+            values_on_demand=self._values_on_demand,
         )
 
     def split(self, max_records: int, max_bytes: int, overhead: int = 0) -> list[RecordBatch]:

@@ -1,4 +1,4 @@
-"""The ``streamkit`` command: run, validate, demo, plugins, bench.
+"""The ``streamkit`` command: run, validate, plan, demo, plugins, bench.
 
 Exit codes: 0 success (including a clean stop on SIGTERM/SIGINT), 1 the pipeline failed while running,
 2 the configuration is invalid (nothing was started).
@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check a pipeline file completely without connecting anywhere")
     validate.add_argument("pipeline", type=Path)
     validate.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    validate.add_argument("--explain", action="store_true", help="also print the physical plan (as `plan`)")
+
+    plan = sub.add_parser("plan", help="print the physical plan: fused steps, decoded fields, what sinks read")
+    plan.add_argument("pipeline", type=Path)
+    plan.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
 
     demo = sub.add_parser("demo", help="run a realistic pipeline on local stand-ins, no AWS account needed")
     demo.add_argument("--records", type=int, default=10_000, help="events to produce")
@@ -76,7 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         if args.command == "validate":
-            return validate(args.pipeline, [*env_overrides(), *args.set])
+            return validate(args.pipeline, [*env_overrides(), *args.set], explain=args.explain)
+        if args.command == "plan":
+            return plan(args.pipeline, [*env_overrides(), *args.set])
         if args.command == "demo":
             from streamkit.demo import DemoUnavailable, run_demo
 
@@ -100,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_FAILED
 
 
-def validate(path: Path, overrides: list[str]) -> int:
+def validate(path: Path, overrides: list[str], *, explain: bool = False) -> int:
     from streamkit.build import build_pipeline
     from streamkit.config import load_config
 
@@ -114,6 +121,21 @@ def validate(path: Path, overrides: list[str]) -> int:
         print(f"  sink       {route.name} ({type(route.sink).__name__}){' when ...' if route.predicate else ''}")
     if pipeline.dead_letters is None:
         print("  warning    no dead_letter configured: a failed record stops the pipeline")
+    if explain:
+        from streamkit.explain import explain as explain_plan
+
+        print("\n".join(explain_plan(config, pipeline)))
+    return EXIT_OK
+
+
+def plan(path: Path, overrides: list[str]) -> int:
+    """Build the pipeline (connecting nowhere) and print its physical plan."""
+    from streamkit.build import build_pipeline
+    from streamkit.config import load_config
+    from streamkit.explain import explain
+
+    config = load_config(path, overrides)
+    print("\n".join(explain(config, build_pipeline(config))))
     return EXIT_OK
 
 

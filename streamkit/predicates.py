@@ -159,6 +159,29 @@ def compile_values_predicate(spec: Any, where: str, resolve: Callable[[str, str]
     )
 
 
+def predicate_fields(spec: Any) -> frozenset[str] | None:
+    """The dotted field paths a predicate mapping reads, or None when user code (``callable``) is involved.
+
+    The chain planner decodes only these fields for a ``filter`` or a sink's ``when:``; user code may read
+    anything, so it needs whole records."""
+    if not isinstance(spec, Mapping):
+        return frozenset()
+    if "callable" in spec:
+        return None
+    found: set[str] = set()
+    if isinstance(spec.get("field"), str):
+        found.add(spec["field"])
+    parts = [*(spec.get("all") or ()), *(spec.get("any") or ())]
+    if "not" in spec:
+        parts.append(spec["not"])
+    for part in parts:
+        inner = predicate_fields(part)
+        if inner is None:
+            return None
+        found |= inner
+    return frozenset(found)
+
+
 def batch_predicate(values_predicate: ValuesPredicate) -> Callable[[RecordBatch], BoolArray]:
     def evaluate(batch: RecordBatch) -> BoolArray:
         return np.fromiter(values_predicate(batch.values), dtype=np.bool_, count=len(batch))

@@ -12,12 +12,15 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeAlias, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 
 from streamkit.batch import Partition, Record, RecordBatch
 from streamkit.errors import ProcessingError
+
+if TYPE_CHECKING:
+    from streamkit.planner import Step
 
 ProcessorOutput: TypeAlias = RecordBatch | Sequence[RecordBatch] | None
 
@@ -171,13 +174,25 @@ CPU caches between passes, over 512 records they stay in L2 (streamkit bench: js
 
 
 class Chain:
-    """Processors applied in order; each stage sees every batch the previous stage produced."""
+    """Processors applied in order; each stage sees every batch the previous stage produced.
 
-    def __init__(self, processors: Sequence[Processor], *, fail_fast: bool = False) -> None:
+    ``processors`` is the chain as written; unless ``plan`` is false, runs of built-in stages after
+    ``json.decode`` execute as fused steps (:mod:`streamkit.planner`) with the same results.
+    """
+
+    def __init__(self, processors: Sequence[Processor], *, fail_fast: bool = False, plan: bool = True) -> None:
         self.processors = list(processors)
         self.fail_fast = fail_fast
-        self._names = [stage_name(p) for p in self.processors]
-        self._async = [_returns_awaitable(p) for p in self.processors]
+        self.stages = self.processors
+        """What runs: the processors, or the planner's fused steps for them."""
+        self.steps: list[Step] = []
+        """The physical plan, explained (``streamkit plan``)."""
+        if plan:
+            from streamkit.planner import plan as plan_chain  # the planner imports the built-in processors
+
+            self.stages, self.steps = plan_chain(self.processors)
+        self._names = [stage_name(p) for p in self.stages]
+        self._async = [_returns_awaitable(p) for p in self.stages]
 
     async def run(self, batch: RecordBatch) -> tuple[list[RecordBatch], list[Failure]]:
         if len(batch) <= SLICE_RECORDS or any(self._async):
@@ -193,7 +208,7 @@ class Chain:
     async def _run(self, batch: RecordBatch) -> tuple[list[RecordBatch], list[Failure]]:
         ctx = ProcessContext(batch.partition, fail_fast=self.fail_fast)
         current = [batch]
-        for processor, name, is_async in zip(self.processors, self._names, self._async, strict=True):
+        for processor, name, is_async in zip(self.stages, self._names, self._async, strict=True):
             ctx.stage = name
             produced: list[RecordBatch] = []
             for item in current:

@@ -78,3 +78,20 @@ def test_expand_tracks_the_origin_of_multiplied_records() -> None:
     out = RecordBatch.expand(batch, ["a", "b", "c"], np.array([0, 0, 2]))
     assert out.origin.tolist() == [0, 0, 2]
     assert out.origin_unique is False
+
+
+def test_values_on_demand_are_decoded_from_the_payloads_once_and_follow_selections() -> None:
+    rows = [{"a": 1}, {"a": 2, "b": [1.5]}, {"a": 3}]
+    batch = json_batch(rows).with_values_on_demand()
+    assert batch.decoded and batch.has_payloads
+    picked = batch.select([True, False, True])
+    assert picked.decoded and picked.values == [rows[0], rows[2]]
+    assert batch.slice(1, 2).values == [rows[1]] and batch.take([2]).values == [rows[2]]
+    values = batch.values
+    assert values == rows and batch.values is values  # decoded once
+    # New bytes with values kept: the values decoded from the old bytes stay, not the new bytes' decoding.
+    sorted_bytes = [orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in rows]
+    kept = json_batch([{"b": 0, "a": 0}] * 3).with_values_on_demand().with_payloads(sorted_bytes, keep_values=True)
+    assert list(kept.values[0]) == ["b", "a"]
+    assert not json_batch(rows).with_values_on_demand().with_payloads(sorted_bytes).decoded
+    assert not json_batch(rows).with_values_on_demand().with_values(rows).with_payloads(sorted_bytes).decoded

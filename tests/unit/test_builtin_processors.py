@@ -79,3 +79,11 @@ async def test_encode_reuses_bytes_when_values_did_not_change_and_encodes_when_t
     outputs, _ = await run(project, JsonEncode())
     assert outputs[0].payloads == [b'{"id":1}', b'{"id":2}', b'{"id":3}']
     assert np.array_equal(outputs[0].origin, [0, 1, 2])
+
+
+def test_predicate_fields_name_what_a_predicate_reads() -> None:
+    from streamkit.predicates import predicate_fields
+
+    spec = {"all": [{"field": "status", "equals": "ok"}, {"not": {"any": [{"field": "user.country", "in": ["DE"]}]}}]}
+    assert predicate_fields(spec) == {"status", "user.country"}
+    assert predicate_fields({"any": [{"field": "a", "exists": True}, {"callable": "m:f"}]}) is None

@@ -1,0 +1,112 @@
+"""``streamkit plan`` and ``validate --explain``: the physical plan as the chain will run it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from streamkit.build import build_pipeline
+from streamkit.cli import EXIT_CONFIG, EXIT_OK, main
+from streamkit.config import load_config
+from streamkit.planner import FusedJson
+
+PIPELINE = """
+name: clicks
+source: {type: generator}
+processors:
+  - type: json.decode
+  - type: filter
+    where: {field: status, not_equals: err}
+  - type: timestamp
+    field: ts
+  - callable: json:dumps
+    name: my-plugin
+  - type: json.decode
+  - type: map
+    fields: [id, user.country]
+sinks:
+  - type: memory
+    name: all
+  - type: memory
+    name: de
+    when: {field: country, equals: DE}
+dead_letter: {type: memory}
+"""
+
+NATURAL = """
+name: natural
+source: {type: generator}
+processors:
+  - type: json.decode
+  - type: filter
+    where: {field: status, not_equals: err}
+  - type: map
+    fields: [id, event, user, amount]
+  - type: json.encode
+sinks:
+  - type: memory
+    name: out
+    when: {field: event, equals: click}
+"""
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """main() points structlog at this test's captured stderr; later tests must not log to it once closed."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_plan_shows_fused_steps_decoded_fields_and_where_a_plugin_breaks_fusion(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["plan", str(write(tmp_path, PIPELINE))]) == EXIT_OK
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "physical plan of 'clicks': 6 processor(s) as written, 3 step(s)"
+    assert out[1] == "  step 1: fused   json.decode -> filter -> timestamp"
+    assert out[2].split("decodes")[1].strip().startswith("status, ts;")
+    assert "ends before 'my-plugin': a plugin or callable" in out[3]
+    assert "step 2: alone   my-plugin" in "\n".join(out)
+    assert any(line.startswith("  step 3: fused   json.decode -> map") for line in out)
+    assert any("decodes  id, user.country;" in line for line in out)
+    assert any(line.startswith("  cost ") for line in out)
+    assert "  all: reads no fields (writes the records' bytes)" in out
+    assert any(line.startswith("  de: reads country: from the output of the last map") for line in out)
+
+
+def test_the_plan_printed_is_the_plan_that_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, NATURAL)
+    pipeline = build_pipeline(load_config(path))
+    assert len(pipeline.chain.stages) == 1
+    fused = pipeline.chain.stages[0]
+    assert isinstance(fused, FusedJson) and fused.fast is not None
+    assert main(["plan", str(path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "step 1: fused   json.decode -> filter -> map -> json.encode" in out
+    assert "decodes  status, id, event, user, amount;" in out
+    assert "projection: only the kept fields are built" in out
+
+
+def test_validate_explain_adds_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, NATURAL)
+    assert main(["validate", str(path)]) == EXIT_OK
+    assert "physical plan" not in capsys.readouterr().out
+    assert main(["validate", "--explain", str(path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "valid pipeline 'natural'" in out and "physical plan of 'natural'" in out
+
+
+def test_plan_of_an_invalid_pipeline_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, NATURAL.replace("fields: [id, event, user, amount]", "fields: []"))
+    assert main(["plan", str(path)]) == EXIT_CONFIG
+    assert "processors[2].fields" in capsys.readouterr().err

@@ -1,0 +1,288 @@
+"""The chain planner's fused steps give exactly what the stages give run one by one.
+
+Random chains of built-in stages (json.decode, filter, map, timestamp, json.encode, and now and then a
+plugin in the middle) over random records (valid, malformed JSON, invalid UTF-8, non-objects, missing and
+mistyped fields) run planned and unplanned; outputs (bytes, values, origins, event times), dead-letter
+entries (stage, reason, record) and, through the runtime, checkpoints must be identical.
+
+The two differences docs/performance.md states (numbers beyond 64-bit integers or the float range) are
+left out of the inputs explicitly (``assume``), not by luck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from streamkit.batch import Partition, RecordBatch
+from streamkit.checkpoint import MemoryCheckpointStore
+from streamkit.config import AwsSettings
+from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink, MemorySinkOptions
+from streamkit.connectors.local.replay import ReplaySource
+from streamkit.planner import FusedJson
+from streamkit.plugin_env import PluginEnv
+from streamkit.predicates import batch_predicate, compile_values_predicate
+from streamkit.processor import Chain, PerRecord, Processor
+from streamkit.processors.filter import Filter
+from streamkit.processors.json_codec import JsonDecode, JsonEncode
+from streamkit.processors.project import Map
+from streamkit.processors.timestamp import Timestamp
+from streamkit.runtime import Pipeline, Route, Runtime
+from tests.helpers import P, ticketed
+
+ENV = PluginEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")
+OUT_OF_RANGE = re.compile(rb"-[0-9]{19}|[0-9]{20}|[eE][+-]?[0-9]{3}")
+"""Numbers where the fused decoder and orjson differ by design (docs/performance.md)."""
+
+FIELDS = ["id", "status", "user", "amount", "ts", "tags", "user.country", "user.id", "user.geo.city"]
+TOP = ["id", "status", "user", "amount", "ts", "tags", "junk"]
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.sampled_from(["ok", "err", "DE", "US", "2026-11-26T13:05:00Z", "1700000000000"]),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["id", "country", "geo", "city"]), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+records = st.dictionaries(st.sampled_from(TOP), json_values, max_size=6)
+
+
+@st.composite
+def payloads(draw: st.DrawFn) -> bytes:
+    record = draw(records)
+    kind = draw(
+        st.sampled_from(["valid"] * 6 + ["indented", "truncated", "bad-utf8", "non-object", "binary", "dup-key"])
+    )
+    if kind == "valid":
+        return orjson.dumps(record)
+    if kind == "indented":
+        return orjson.dumps(record, option=orjson.OPT_INDENT_2)
+    if kind == "truncated":
+        raw = orjson.dumps(record)
+        return raw[: draw(st.integers(0, max(0, len(raw) - 1)))]
+    if kind == "bad-utf8":
+        # Invalid UTF-8 in a field no stage reads: orjson rejects the record, so must the fused step.
+        return (
+            b'{"junk":"'
+            + draw(st.sampled_from([b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"a\xe2"]))
+            + b'",'
+            + orjson.dumps(record)[1:]
+            if record
+            else b'{"junk":"\xff"}'
+        )
+    if kind == "non-object":
+        return orjson.dumps(draw(json_values))
+    if kind == "dup-key":
+        key = draw(st.sampled_from(TOP))
+        return (
+            b'{"' + key.encode() + b'":' + orjson.dumps(draw(json_values)) + b"," + orjson.dumps(record)[1:]
+            if record
+            else b"{}"
+        )
+    return draw(st.binary(max_size=24))
+
+
+def predicates(depth: int = 2) -> st.SearchStrategy[dict[str, Any]]:
+    leaf = (
+        st.builds(
+            lambda f, op, ref: {"field": f, op: ref},
+            st.sampled_from(FIELDS),
+            st.sampled_from(["equals", "not_equals", "gt", "le", "matches"]),
+            st.sampled_from(["ok", "err", "DE", 0, 5, 1.5, None, "^U"]),
+        )
+        | st.builds(
+            lambda f, ref: {"field": f, "in": ref},
+            st.sampled_from(FIELDS),
+            st.lists(st.sampled_from(["ok", "DE", 1, None]), max_size=3),
+        )
+        | st.builds(lambda f, b: {"field": f, "exists": b}, st.sampled_from(FIELDS), st.booleans())
+    )
+    if depth == 0:
+        return leaf
+    inner = predicates(depth - 1)
+    return (
+        leaf
+        | st.builds(lambda xs: {"all": xs}, st.lists(inner, min_size=1, max_size=2))
+        | st.builds(lambda xs: {"any": xs}, st.lists(inner, min_size=1, max_size=2))
+        | st.builds(lambda x: {"not": x}, inner)
+    )
+
+
+def tag(value: Any) -> Any:
+    """A plugin in the middle of a chain: user code that reads whole records."""
+    return {"wrapped": value} if not isinstance(value, dict) else {**value, "seen": len(value)}
+
+
+@st.composite
+def stages(draw: st.DrawFn) -> Processor:
+    kind = draw(st.sampled_from(["filter", "filter", "map", "map", "timestamp", "encode", "decode", "plugin"]))
+    if kind == "filter":
+        return Filter(Filter.Options(where=draw(predicates()), drop=draw(st.booleans())), ENV)
+    if kind == "map":
+        chosen = draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=4, unique=True))
+        fields: Any = chosen if draw(st.booleans()) else {f"o{i}_{p}": p for i, p in enumerate(chosen)}
+        return Map(Map.Options(fields=fields, missing=draw(st.sampled_from(["omit", "null", "fail"]))), ENV)
+    if kind == "timestamp":
+        options = Timestamp.Options(
+            field=draw(st.sampled_from(["ts", "user.id", "amount", "o0_ts"])),
+            unit=draw(st.sampled_from(["ms", "s", "iso8601"])),
+            on_missing=draw(st.sampled_from(["arrival", "fail"])),
+        )
+        return Timestamp(options)
+    if kind == "encode":
+        return JsonEncode(JsonEncode.Options(sort_keys=draw(st.booleans())))
+    if kind == "decode":
+        return JsonDecode()
+    return PerRecord(tag)
+
+
+chains = st.builds(lambda rest: [JsonDecode(), *rest], st.lists(stages(), max_size=5))
+
+
+@st.composite
+def projection_chains(draw: st.DrawFn) -> list[Processor]:
+    """The shape most pipelines have (filters, a projection of top-level fields, json.encode), which the
+    planner runs through json.project in exact mode."""
+    filters = [
+        Filter(Filter.Options(where=draw(predicates(1)), drop=draw(st.booleans())), ENV)
+        for _ in range(draw(st.integers(0, 2)))
+    ]
+    kept = draw(st.lists(st.sampled_from(TOP), min_size=1, max_size=4, unique=True))
+    if "amount" not in kept and draw(st.booleans()):
+        kept.append("amount")  # where the test puts large floats
+    fields: Any = kept if draw(st.booleans()) else {k: k for k in kept}
+    tail: list[Processor] = [JsonEncode()] if draw(st.booleans()) else []
+    return [JsonDecode(), *filters, Map(Map.Options(fields=fields), ENV), *tail]
+
+
+def outputs_of(batches: list[RecordBatch]) -> list[Any]:
+    return [
+        (
+            b.payloads,
+            b.values if b.decoded else None,
+            b.origin.tolist(),
+            None if b.event_ms is None else b.event_ms.tolist(),
+        )
+        for b in batches
+    ]
+
+
+def failures_of(failures: list[Any]) -> list[Any]:
+    return [(f.stage, f.reason, f.batch.origin.tolist(), f.batch.payloads) for f in failures]
+
+
+def excluded(payloads: list[bytes]) -> bool:
+    return any(OUT_OF_RANGE.search(p) for p in payloads)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chain=chains, data=st.lists(payloads(), min_size=1, max_size=12))
+async def test_planned_chain_gives_what_the_stages_give(chain: list[Processor], data: list[bytes]) -> None:
+    assume(not excluded(data))
+    planned_batch, _ = ticketed([0] * len(data))  # a ticket, for positions; the payloads are replaced
+    planned_batch = RecordBatch(planned_batch.partition, payloads=list(data), ticket=planned_batch.ticket)
+    plain_batch = RecordBatch(planned_batch.partition, payloads=list(data), ticket=planned_batch.ticket)
+    planned = await Chain(chain).run(planned_batch)
+    plain = await Chain(chain, plan=False).run(plain_batch)
+    assert outputs_of(planned[0]) == outputs_of(plain[0])
+    assert failures_of(planned[1]) == failures_of(plain[1])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    chain=projection_chains(),
+    data=st.lists(st.builds(orjson.dumps, records) | payloads(), min_size=1, max_size=12),
+    ascii_only=st.booleans(),
+    big=st.lists(st.floats(min_value=1e16, max_value=1e99) | st.floats(min_value=-1e99, max_value=-1e16), max_size=3),
+)
+async def test_projection_path_gives_what_the_stages_give(
+    chain: list[Processor], data: list[bytes], ascii_only: bool, big: list[float]
+) -> None:
+    if ascii_only:  # batches the fast path takes whole (any non-ASCII byte sends a batch the general way)
+        data = [p for p in data if p.isascii()]
+    # Floats orjson writes as 1e+16 (msgspec as 1e16) must leave the fast path, not change the bytes.
+    data = [*data, *(orjson.dumps({"amount": f, "id": 1, "status": "ok"}) for f in big)]
+    assume(data)
+    assume(not excluded(data))
+    planned_chain = Chain(chain)
+    assert isinstance(planned_chain.stages[0], FusedJson) and planned_chain.stages[0].fast is not None
+    ticket = ticketed([0] * len(data))[0].ticket
+    planned = await planned_chain.run(RecordBatch(P, payloads=list(data), ticket=ticket))
+    plain = await Chain(chain, plan=False).run(RecordBatch(P, payloads=list(data), ticket=ticket))
+    assert outputs_of(planned[0]) == outputs_of(plain[0])
+    assert failures_of(planned[1]) == failures_of(plain[1])
+
+
+async def test_the_planner_fuses_the_natural_spelling() -> None:
+    """Not vacuous: the chains above do run fused steps."""
+    chain = Chain(
+        [
+            JsonDecode(),
+            Filter(Filter.Options(where={"field": "status", "not_equals": "err"}), ENV),
+            Map(Map.Options(fields=["id", "user.country"]), ENV),
+            JsonEncode(),
+        ]
+    )
+    assert len(chain.stages) == 1 and isinstance(chain.stages[0], FusedJson)
+    assert chain.steps[0].fields == ["status", "id", "user.country"]
+
+
+async def run_pipeline(data: dict[str, list[bytes]], chain: list[Processor], plan: bool, when: dict[str, Any]) -> Any:
+    routed = MemorySink(MemorySinkOptions(max_records=7, max_bytes=1 << 20))
+    everything = MemorySink(MemorySinkOptions(max_records=5, max_bytes=1 << 20))
+    dead = MemoryDeadLetter()
+    dead.pipeline = "t"
+    predicate = batch_predicate(compile_values_predicate(when, "sinks[0].when", ENV.resolve))
+    pipeline = Pipeline(
+        name="t",
+        source=ReplaySource(data, batch_size=9),
+        chain=Chain(chain, plan=plan),
+        routes=[Route("routed", routed, predicate), Route("all", everything)],
+        dead_letters=dead,
+        store=MemoryCheckpointStore(),
+        checkpoint_interval_s=0.05,
+    )
+    routed.bind("routed", dead, pipeline.metrics)
+    everything.bind("all", dead, pipeline.metrics)
+    summary = await Runtime(pipeline).run(asyncio.Event())
+    # In order within each partition; the two partitions run concurrently, so their entries interleave freely.
+    dead_entries: dict[str, list[dict[str, Any]]] = {}
+    for entry in dead.entries:
+        dead_entries.setdefault(entry["partition"], []).append({k: v for k, v in entry.items() if k != "failed_at"})
+    return routed.records, everything.records, dead_entries, summary.checkpoints
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chain=chains, data=st.lists(payloads(), min_size=1, max_size=20), when=predicates(1))
+async def test_planned_pipeline_writes_dead_letters_and_checkpoints_the_same(
+    chain: list[Processor], data: list[bytes], when: dict[str, Any]
+) -> None:
+    assume(not excluded(data))
+    partitions = {"0": data, "1": list(reversed(data))}
+    planned = await run_pipeline(partitions, chain, True, when)
+    plain = await run_pipeline(partitions, chain, False, when)
+    assert planned == plain
+    # Every record was written or dead-lettered: both partitions are checkpointed at their last record.
+    last = str(len(data) - 1)
+    assert planned[3] == {Partition("replay", "0"): last, Partition("replay", "1"): last}
+
+
+def test_out_of_range_guard_is_real() -> None:
+    assert excluded([b'{"a":1e400}']) and excluded([b'{"a":18446744073709551616}'])
+    assert excluded([b'{"a":-9223372036854775809}'])
+    assert not excluded([orjson.dumps({"a": 1.5, "b": 2**63, "c": 1e22, "d": -(2**59)})])
