@@ -154,7 +154,7 @@ async def test_efo_reads_every_shard_in_order_checkpoints_as_polling_does_and_re
     assert ops.index("DescribeStreamConsumer") < ops.index("RegisterStreamConsumer")
     assert ops.count("RegisterStreamConsumer") == 1
     assert "GetRecords" not in ops
-    first = {}
+    first: dict[str, dict[str, Any]] = {}
     for call in efo_proxy.subscriptions:
         first.setdefault(call.shard_id, call.starting_position)
     assert first == {

@@ -105,7 +105,7 @@ async def test_aggregated_records_come_out_as_the_original_user_records_in_order
     other shard, which the reader must drop (after a reshard it is a duplicate the KPL re-sent)."""
     client = create_stream(kinesalite.endpoint_url, "agg", shards=2)
     shards = client.list_shards(StreamName="agg")["Shards"]
-    ranges = {
+    ranges: dict[str, tuple[int, int]] = {
         s["ShardId"]: (int(s["HashKeyRange"]["StartingHashKey"]), int(s["HashKeyRange"]["EndingHashKey"]))
         for s in shards
     }

@@ -85,5 +85,5 @@ def test_predicate_fields_name_what_a_predicate_reads() -> None:
     from streamkit.predicates import predicate_fields
 
     spec = {"all": [{"field": "status", "equals": "ok"}, {"not": {"any": [{"field": "user.country", "in": ["DE"]}]}}]}
-    assert predicate_fields(spec) == {"status", "user.country"}
+    assert predicate_fields(spec) == frozenset({"status", "user.country"})
     assert predicate_fields({"any": [{"field": "a", "exists": True}, {"callable": "m:f"}]}) is None

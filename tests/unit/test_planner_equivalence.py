@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.checkpoint import MemoryCheckpointStore
-from streamkit.config import AwsSettings
+from streamkit.config import AwsSettings, Size
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink, MemorySinkOptions
 from streamkit.connectors.local.replay import ReplaySource
 from streamkit.planner import FusedJson
@@ -243,8 +243,8 @@ async def test_the_planner_fuses_the_natural_spelling() -> None:
 
 
 async def run_pipeline(data: dict[str, list[bytes]], chain: list[Processor], plan: bool, when: dict[str, Any]) -> Any:
-    routed = MemorySink(MemorySinkOptions(max_records=7, max_bytes=1 << 20))
-    everything = MemorySink(MemorySinkOptions(max_records=5, max_bytes=1 << 20))
+    routed = MemorySink(MemorySinkOptions(max_records=7, max_bytes=Size(1 << 20)))
+    everything = MemorySink(MemorySinkOptions(max_records=5, max_bytes=Size(1 << 20)))
     dead = MemoryDeadLetter()
     dead.pipeline = "t"
     predicate = batch_predicate(compile_values_predicate(when, "sinks[0].when", ENV.resolve))

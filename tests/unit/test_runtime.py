@@ -41,7 +41,8 @@ def pipeline(sinks: list[dict[str, Any]], **extra: Any) -> Pipeline:
     return build_pipeline(parse_config(data))
 
 
-def ids(sink: MemorySink) -> list[str]:
+def ids(sink: MemorySink) -> list[Any]:
+    """The records' ids: strings from the generator, ints from the hand-made payloads."""
     return [orjson.loads(p)["id"] for p in sink.payloads()]
 
 
@@ -183,7 +184,10 @@ async def test_age_timer_flushes_a_quiet_partition_before_any_size_limit() -> No
     )
     stop = asyncio.Event()
     task = asyncio.create_task(Runtime(p).run(stop))
-    sink_written = lambda: MemorySink.instances["timer"].written_records  # noqa: E731
+
+    def sink_written() -> int:
+        return MemorySink.instances["timer"].written_records
+
     await wait_for(lambda: "timer" in MemorySink.instances and sink_written() >= 5, timeout=5)
     written_before_stop = sink_written()
     stop.set()

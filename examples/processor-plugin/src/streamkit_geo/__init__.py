@@ -34,9 +34,15 @@ class GeoEnrich:
         out: list[dict[str, Any]] = []
         keep: list[bool] = []
         for i, value in enumerate(batch.values):
-            region = REGIONS.get(value.get(opts.field)) if isinstance(value, dict) else None
+            if not isinstance(value, dict):
+                ctx.fail(batch, [i], f"expected a JSON object, got {type(value).__name__}")
+                keep.append(False)
+                continue
+            country = value.get(opts.field)
+            # Only a string can name a country; a list or dict would not even be hashable for the lookup.
+            region = REGIONS.get(country) if isinstance(country, str) else None
             if region is None and opts.unknown == "fail":
-                ctx.fail(batch, [i], f"no region for {opts.field}={value.get(opts.field)!r}")
+                ctx.fail(batch, [i], f"no region for {opts.field}={country!r}")
                 keep.append(False)
                 continue
             keep.append(True)
