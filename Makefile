@@ -10,9 +10,9 @@ setup: $(STAMP) node_modules/.streamkit-installed
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,kafka,parquet,prometheus]' > $(VENV)/pip.log 2>&1 \
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,kafka,parquet,prometheus,iceberg]' > $(VENV)/pip.log 2>&1 \
 		|| { grep -v "is ignored: it is neither" $(VENV)/pip.log; exit 1; }
-	$(PY) -c "import streamkit, confluent_kafka, pyarrow, moto, pytest"
+	$(PY) -c "import streamkit, confluent_kafka, pyarrow, pyiceberg, moto, pytest"
 	touch $@
 
 # kinesalite and kinesis-local (Kinesis stand-ins) come from the npm registry, pinned by package-lock.json.

@@ -13,7 +13,7 @@ trap 'rm -rf "$work" "$root/build"' EXIT
 "$py" -m pip wheel --quiet --no-deps --no-build-isolation --wheel-dir "$work/dist" "$root" >/dev/null
 wheel=$(ls "$work"/dist/streamkit-*.whl)
 "$base" -m venv "$work/venv"
-"$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel[bench,demo,kafka,parquet,prometheus]" \
+"$work/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$wheel[bench,demo,iceberg,kafka,parquet,prometheus]" \
   >"$work/pip.log" 2>&1 || { grep -v "is ignored: it is neither" "$work/pip.log"; exit 1; }
 sk="$work/venv/bin/streamkit"
 

@@ -40,7 +40,9 @@ __all__ = [
     "RecordEncodeError",
     "RecordFailure",
     "arrow_schema_from_avro",
+    "decode_json_payloads",
     "make_writer",
+    "read_json_table",
 ]
 
 MIB: Final = 1024 * 1024
@@ -174,7 +176,7 @@ def _json_failure(index: int, error: Exception) -> RecordFailure:
     return RecordFailure(index, f"not JSON-encodable: {error}")
 
 
-def _decode_payloads(payloads: Sequence[bytes]) -> tuple[list[Any], list[int], list[RecordFailure]]:
+def decode_json_payloads(payloads: Sequence[bytes]) -> tuple[list[Any], list[int], list[RecordFailure]]:
     """Decode JSON payloads; returns the values, their indexes in ``payloads``, and the failures."""
     values: list[Any] = []
     indexes: list[int] = []
@@ -214,7 +216,7 @@ class _Finishable:
 
     def _write_decoded(self, payloads: Sequence[bytes], write_values: Callable[[list[Any]], None]) -> None:
         """write_payloads for formats that need values: decode, write, report failures by index."""
-        values, indexes, failures = _decode_payloads(payloads)
+        values, indexes, failures = decode_json_payloads(payloads)
         try:
             write_values(values)
         except RecordEncodeError as error:
@@ -478,6 +480,24 @@ _AVRO_PRIMITIVES: Final = {
 }
 
 
+def read_json_table(payloads: Sequence[bytes], schema: Any, *, unexpected_fields: str = "ignore") -> Any | None:
+    """JSON payloads as an Arrow table of ``schema`` through pyarrow's columnar JSON reader (~3x faster than
+    decoding records), or None when any record does not fit (the caller then finds which, record by record).
+
+    ``unexpected_fields``: ``ignore`` drops fields the schema does not have; ``error`` fails on them.
+    """
+    pa, _, pj = _pyarrow()
+    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior=unexpected_fields)
+    try:
+        data = b"\n".join(payloads)
+        # One block, one thread: per call, that is ~1.5x faster on sink-sized batches.
+        read = pj.ReadOptions(use_threads=False, block_size=max(len(data) + 1, MIB))
+        table = pj.read_json(io.BytesIO(data), read_options=read, parse_options=options)
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowException, ValueError, TypeError):
+        return None
+
+
 def _arrow_logical(pa: ModuleType, schema: dict[str, Any]) -> Any:
     logical, base = schema.get("logicalType"), schema.get("type")
     if logical == "decimal" and base in ("bytes", "fixed"):
@@ -560,7 +580,7 @@ class ParquetWriter(_Finishable):
         row_group_bytes: int = _PARQUET_ROW_GROUP_BYTES,
     ) -> None:
         super().__init__()
-        self._pa, self._pq, self._pj = _pyarrow()
+        self._pa, self._pq, _ = _pyarrow()
         self._compression, self._level = compression, level
         self._row_group_bytes = row_group_bytes
         self._schema: Any | None = schema  # fixed schema, or None while inferring
@@ -603,17 +623,8 @@ class ParquetWriter(_Finishable):
         self._json_fast_path = False  # reached only if no record was rejected (else it raised)
 
     def _read_json(self, payloads: Sequence[bytes]) -> Any | None:
-        pa, pj, schema = self._pa, self._pj, self._schema
-        assert schema is not None
-        options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
-        try:
-            data = b"\n".join(payloads)
-            # One block, one thread: per call, that is ~1.5x faster on sink-sized batches.
-            read = pj.ReadOptions(use_threads=False, block_size=max(len(data) + 1, MIB))
-            table = pj.read_json(io.BytesIO(data), read_options=read, parse_options=options)
-            return table.select(schema.names).cast(schema)
-        except (pa.ArrowException, ValueError, TypeError):
-            return None
+        assert self._schema is not None
+        return read_json_table(payloads, self._schema)
 
     def _struct_array(self, values: Sequence[Any], schema: Any | None) -> Any:
         pa = self._pa

@@ -121,6 +121,12 @@ class Bench:
 
     # -- the streamkit side ----------------------------------------------------------------------
     def run_variant(self, variant: Variant, make: Callable[[], Pipeline], target: int | None, profile: bool) -> None:
+        from streamkit.bench.sinks import RESET_BEFORE_EACH_RUN
+
+        reset = RESET_BEFORE_EACH_RUN.get(self.o.sink)
+        if reset is not None and self.stand_in_sink is not None:
+            reset(self.stand_in_sink)
+
         async def go() -> Figures:
             pipeline = make()
             return await run_streamkit(

@@ -42,6 +42,12 @@ SINKS: dict[str, dict[str, Any]] = {
         "token_env": "INFLUX_TOKEN",  # read at start(), which this test never calls
         **HOLD,
     },
+    "iceberg": {
+        "type": "iceberg",
+        "catalog": {"type": "sql", "path": "c.db", "warehouse": "wh"},
+        "table": "a.b",
+        **HOLD,
+    },
 }
 DEAD_LETTERS: dict[str, dict[str, Any]] = {
     "memory": {"type": "memory", **HOLD},
