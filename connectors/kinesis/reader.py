@@ -126,8 +126,10 @@ class ShardReader(PartitionReader):
         on_end: Callable[[list[ChildShard]], Awaitable[None]],
         on_lag: Callable[[int | None], None] | None = None,
         totals: Counter[str] | None = None,
+        shard_id: str | None = None,
     ) -> None:
         super().__init__(partition)
+        self._shard_id = shard_id  # the partition key is the lease key: with several streams, prefix + shard id
         self.client = client
         self.stream = stream
         self.start = start
@@ -154,7 +156,7 @@ class ShardReader(PartitionReader):
 
     @property
     def shard_id(self) -> str:
-        return self.partition.key
+        return self._shard_id or self.partition.key
 
     async def finished(self) -> None:
         await self._on_end(self.child_shards)
