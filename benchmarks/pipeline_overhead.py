@@ -27,13 +27,14 @@ from typing import Any
 import orjson
 from isal import igzip
 
+from streamkit.chain import Chain
 from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.config import AwsSettings, Size
 from streamkit.connectors.local.generator import GeneratorOptions, make_payload
 from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
 from streamkit.connectors.local.replay import ReplaySource
 from streamkit.plugin_env import PluginEnv
-from streamkit.processor import Chain, Processor
+from streamkit.processor import Processor
 from streamkit.processors.filter import Filter
 from streamkit.processors.json_codec import JsonDecode, JsonEncode
 from streamkit.processors.project import Map

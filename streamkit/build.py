@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from streamkit.chain import Chain
 from streamkit.checkpoint import CheckpointStore
 from streamkit.config import CheckpointSettings, PipelineConfig, convert
 from streamkit.deadletter import DeadLetterQueue
@@ -17,7 +18,7 @@ from streamkit.metrics import Metrics
 from streamkit.plugin_env import PluginEnv
 from streamkit.plugins import Kind, load_plugin, resolve_reference
 from streamkit.predicates import batch_predicate, compile_values_predicate
-from streamkit.processor import Chain, Processor, as_processor
+from streamkit.processor import Processor, as_processor
 from streamkit.runtime import Pipeline, Route
 from streamkit.sink import Sink
 from streamkit.source import Source

@@ -34,12 +34,12 @@ from streamkit.aws_lambda.events import EventFormatError
 from streamkit.aws_lambda.pipeline import LambdaEventSource, LambdaOptions
 from streamkit.aws_lambda.pipeline import load as load_pipeline
 from streamkit.batch import RecordBatch, concat_payloads
+from streamkit.chain import Chain
 from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.connectors.kinesis.kpl import MAGIC
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink
 from streamkit.errors import ConfigError
 from streamkit.localstack import MotoServer
-from streamkit.processor import Chain
 from streamkit.processors.json_codec import JsonDecode
 from streamkit.runtime import Pipeline, Route
 from streamkit.sink import BufferedSink, BufferOptions, Rejection

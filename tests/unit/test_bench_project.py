@@ -10,11 +10,12 @@ import pytest
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import RecordBatch
+from streamkit.chain import Chain
 from streamkit.config import AwsSettings
 from streamkit.errors import ConfigError
 from streamkit.plugin_env import PluginEnv
 from streamkit.plugins import load_plugin
-from streamkit.processor import Chain, Failure
+from streamkit.processor import Failure
 from streamkit.processors.filter import Filter
 from streamkit.processors.json_codec import JsonDecode
 from streamkit.processors.json_project import JsonProject

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from streamkit.chain import Chain
 from streamkit.config import AwsSettings
 from streamkit.plugin_env import PluginEnv
-from streamkit.processor import Chain
 from streamkit.processors.filter import Filter
 from streamkit.processors.json_codec import JsonDecode, JsonEncode
 from streamkit.processors.project import Map

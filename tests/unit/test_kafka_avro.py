@@ -16,10 +16,10 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from streamkit.batch import Partition, RecordBatch
+from streamkit.chain import Chain
 from streamkit.config import AwsSettings
 from streamkit.errors import ConfigError
 from streamkit.plugin_env import PluginEnv
-from streamkit.processor import Chain
 from streamkit.processors.avro_codec import AvroDecode, AvroDecodeOptions, RegistryOptions
 
 SCHEMA = {

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from streamkit.batch import Partition, RecordBatch
+from streamkit.chain import Chain
 from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.config import AwsSettings, Size
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink, MemorySinkOptions
@@ -28,7 +29,7 @@ from streamkit.connectors.local.replay import ReplaySource
 from streamkit.planner import FusedJson
 from streamkit.plugin_env import PluginEnv
 from streamkit.predicates import batch_predicate, compile_values_predicate
-from streamkit.processor import Chain, PerRecord, Processor
+from streamkit.processor import PerRecord, Processor
 from streamkit.processors.filter import Filter
 from streamkit.processors.json_codec import JsonDecode, JsonEncode
 from streamkit.processors.project import Map

@@ -11,11 +11,11 @@ import pytest
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import build_pipeline
+from streamkit.chain import Chain
 from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.config import parse_config
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink, MemorySinkOptions
 from streamkit.errors import CheckpointDeferred, SinkError
-from streamkit.processor import Chain
 from streamkit.processors.json_codec import JsonDecode
 from streamkit.runtime import Pipeline, Route, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection, Sink
