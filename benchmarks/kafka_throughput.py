@@ -38,14 +38,15 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from isal import igzip
-from streamkit.connectors.local.generator import GeneratorOptions, make_payload
-from streamkit.connectors.local.memory_sink import MemorySink
 
 from streamkit.build import build_pipeline
+from streamkit.chain import Chain
 from streamkit.config import parse_config
+from streamkit.connectors.local.generator import GeneratorOptions, make_payload
+from streamkit.connectors.local.memory_sink import MemorySink
 from streamkit.localstack import TansuBroker
 from streamkit.plugins import available
-from streamkit.processor import Chain, batch_processor
+from streamkit.processor import batch_processor
 from streamkit.runtime import Runtime, tune_gc
 
 FIELDS = ["id", "event", "user", "amount"]

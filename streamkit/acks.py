@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from streamkit.batch import Int64Array, Partition
+from streamkit.partition import Int64Array, Partition
 
 
 class AckError(Exception):

@@ -12,32 +12,23 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import compress
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 
 from streamkit.json_bytes import dumps_all
 
+# Partition and the array aliases live in a leaf module that acks.py imports too (no acks <-> batch
+# cycle); the explicit aliases re-export them, so `from streamkit.batch import Partition` keeps working.
+from streamkit.partition import BoolArray as BoolArray
+from streamkit.partition import Int64Array as Int64Array
+from streamkit.partition import Partition as Partition
+
 if TYPE_CHECKING:
     from streamkit.acks import AckTicket
 
-Int64Array = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
 Header = tuple[str, bytes | None]
-
-
-class Partition(NamedTuple):
-    """One ordered unit of a source: a Kinesis shard or a Kafka topic-partition."""
-
-    source: str
-    """The stream or topic (for example ``kinesis:orders`` or ``kafka:clicks``)."""
-    key: str
-    """The shard id or partition number within the source."""
-
-    def __str__(self) -> str:
-        return f"{self.source}/{self.key}"
 
 
 class BatchError(Exception):

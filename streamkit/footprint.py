@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from streamkit.batch import RecordBatch
+from streamkit.batch import Int64Array, RecordBatch
 
 SAMPLES = 24
 """Records measured per column of a batch (fewer when the batch is smaller)."""
@@ -103,7 +103,7 @@ def payload_size(payloads: Sequence[bytes], total: int | None = None) -> int:
     return content + n * (BYTES_HEADER + POINTER) + sys.getsizeof([])
 
 
-def positions_size(positions: Sequence[Any]) -> int:
+def positions_size(positions: Sequence[Any] | Int64Array) -> int:
     """Memory a batch's source positions hold: a ``range`` (consecutive Kafka offsets) holds three integers,
     not one per record; an array its buffer; other sequences (Kinesis sequence numbers) are sampled."""
     if type(positions) is range:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from streamkit.errors import PluginError
 
-Kind = Literal["source", "sink", "processor", "checkpoint", "dead_letter"]
+Kind = Literal["source", "sink", "processor", "checkpoint", "dead_letter", "lambda_event"]
 
 GROUPS: dict[Kind, str] = {
     "source": "streamkit.sources",
@@ -25,6 +25,8 @@ GROUPS: dict[Kind, str] = {
     "processor": "streamkit.processors",
     "checkpoint": "streamkit.checkpoints",
     "dead_letter": "streamkit.dead_letters",
+    # Decoders of Lambda events by eventSource: functions, not classes (streamkit.aws_lambda.events).
+    "lambda_event": "streamkit.lambda_events",
 }
 
 

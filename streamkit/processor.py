@@ -1,4 +1,4 @@
-"""The processor protocol, per-record wrappers, and the chain that runs processors in order.
+"""The processor protocol and per-record wrappers (the chain that runs processors in order: streamkit.chain).
 
 A processor takes a batch and returns a batch, several batches, or None (everything dropped). A record that
 makes a processor fail is reported through :meth:`ProcessContext.fail` and left out of the output: it goes
@@ -12,15 +12,12 @@ import asyncio
 import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 
 from streamkit.batch import Partition, Record, RecordBatch
 from streamkit.errors import ProcessingError
-
-if TYPE_CHECKING:
-    from streamkit.planner import Step
 
 ProcessorOutput: TypeAlias = RecordBatch | Sequence[RecordBatch] | None
 
@@ -164,78 +161,3 @@ def as_processor(obj: Any, *, with_metadata: bool = False) -> Processor:
 
 def stage_name(processor: object) -> str:
     return str(getattr(processor, "name", None) or getattr(processor, "__name__", type(processor).__name__))
-
-
-SLICE_RECORDS = 512
-"""Source batches larger than this go through the chain in slices of this many records. Each stage makes its
-own pass over its input: over a 10,000-record GetRecords batch the decoded values (~23 MB) fall out of the
-CPU caches between passes, over 512 records they stay in L2 (streamkit bench: json.decode -> filter -> map
-+25-35%). Chains with an async processor get whole batches, to keep its concurrency window."""
-
-
-class Chain:
-    """Processors applied in order; each stage sees every batch the previous stage produced.
-
-    ``processors`` is the chain as written; unless ``plan`` is false, runs of built-in stages after
-    ``json.decode`` execute as fused steps (:mod:`streamkit.planner`) with the same results.
-    """
-
-    def __init__(self, processors: Sequence[Processor], *, fail_fast: bool = False, plan: bool = True) -> None:
-        self.processors = list(processors)
-        self.fail_fast = fail_fast
-        self.stages = self.processors
-        """What runs: the processors, or the planner's fused steps for them."""
-        self.steps: list[Step] = []
-        """The physical plan, explained (``streamkit plan``)."""
-        if plan:
-            from streamkit.planner import plan as plan_chain  # the planner imports the built-in processors
-
-            self.stages, self.steps = plan_chain(self.processors)
-        self._names = [stage_name(p) for p in self.stages]
-        self._async = [_returns_awaitable(p) for p in self.stages]
-
-    async def run(self, batch: RecordBatch) -> tuple[list[RecordBatch], list[Failure]]:
-        if len(batch) <= SLICE_RECORDS or any(self._async):
-            return await self._run(batch)
-        outputs: list[RecordBatch] = []
-        failures: list[Failure] = []
-        for start in range(0, len(batch), SLICE_RECORDS):
-            out, failed = await self._run(batch.slice(start, start + SLICE_RECORDS))
-            outputs.extend(out)
-            failures.extend(failed)
-        return outputs, failures
-
-    async def _run(self, batch: RecordBatch) -> tuple[list[RecordBatch], list[Failure]]:
-        ctx = ProcessContext(batch.partition, fail_fast=self.fail_fast)
-        current = [batch]
-        for processor, name, is_async in zip(self.stages, self._names, self._async, strict=True):
-            ctx.stage = name
-            produced: list[RecordBatch] = []
-            for item in current:
-                out = processor(item, ctx)
-                if is_async or inspect.isawaitable(out):
-                    out = await out  # type: ignore[misc]
-                _collect(out, produced, name)
-            current = produced
-            if not current:
-                break
-        return current, ctx.failures
-
-
-def _returns_awaitable(processor: object) -> bool:
-    call = processor if inspect.isfunction(processor) else getattr(processor, "__call__", None)  # noqa: B004
-    return inspect.iscoroutinefunction(call) or bool(getattr(processor, "is_async", False))
-
-
-def _collect(out: Any, produced: list[RecordBatch], name: str) -> None:
-    if out is None:
-        return
-    if isinstance(out, RecordBatch):
-        if len(out):
-            produced.append(out)
-        return
-    if isinstance(out, Sequence):
-        produced.extend(b for b in out if isinstance(b, RecordBatch) and len(b))
-        if all(isinstance(b, RecordBatch) for b in out):
-            return
-    raise TypeError(f"processor {name!r} returned {type(out).__name__}; expected a RecordBatch, a list of them or None")

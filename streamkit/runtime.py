@@ -22,14 +22,17 @@ import structlog
 
 from streamkit.acks import AckTicket, PartitionTracker
 from streamkit.backpressure import ByteBudget, Expansion
-from streamkit.batch import BoolArray, Partition, RecordBatch
+from streamkit.batch import Partition, RecordBatch
+from streamkit.chain import Chain
 from streamkit.checkpoint import CheckpointStore
 from streamkit.config import RuntimeSettings
 from streamkit.deadletter import DeadLetterQueue
-from streamkit.errors import CheckpointDeferred, CheckpointRejected, ProcessingError
+from streamkit.dispatch import Dispatch
+from streamkit.dispatch import Route as Route  # defined with the dispatch step; still importable from here
+from streamkit.errors import CheckpointDeferred, CheckpointRejected
 from streamkit.footprint import batch_footprint, footprint, positions_size
 from streamkit.metrics import Metrics
-from streamkit.processor import Chain, Failure
+from streamkit.processor import Failure
 from streamkit.sink import Sink
 from streamkit.source import PartitionReader, Source, SourceBatch
 
@@ -49,15 +52,6 @@ def tune_gc() -> None:
     gc.freeze()
     _, gen1, gen2 = gc.get_threshold()
     gc.set_threshold(max(gc.get_threshold()[0], 50_000), gen1, gen2)
-
-
-@dataclass
-class Route:
-    """A sink and the predicate that selects the records it receives (None: all of them)."""
-
-    name: str
-    sink: Sink
-    predicate: Callable[[RecordBatch], BoolArray] | None = None
 
 
 @dataclass
@@ -99,6 +93,8 @@ class Runtime:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.metrics = pipeline.metrics
+        self.dispatch = Dispatch(pipeline.chain, pipeline.routes, pipeline.dead_letters, pipeline.metrics)
+        """The chain, sinks and dead-letter queue: the step this runtime shares with the Lambda consumer."""
         self.store: CheckpointStore = pipeline.source.checkpoint_store() or pipeline.store
         self._budget = ByteBudget(pipeline.settings.max_bytes_in_flight)
         self._expansion = Expansion()
@@ -117,7 +113,7 @@ class Runtime:
 
     @property
     def sinks(self) -> list[Sink]:
-        return [route.sink for route in self.pipeline.routes]
+        return self.dispatch.sinks
 
     @property
     def held_partitions(self) -> list[Partition]:
@@ -142,10 +138,8 @@ class Runtime:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                for sink in self.sinks:
-                    tg.create_task(sink.run(sinks_stop), name=f"sink:{sink.name}")
-                if pipeline.dead_letters is not None:
-                    tg.create_task(pipeline.dead_letters.run(sinks_stop), name="dead-letter")
+                for name, runner in self.dispatch.runners(sinks_stop):
+                    tg.create_task(runner, name=name)
                 checkpoints = tg.create_task(self._checkpoint_loop(sinks_stop), name="checkpoints")
                 source_task = tg.create_task(pipeline.source.run(self, stop), name="source")
                 self.ready.set()
@@ -178,10 +172,7 @@ class Runtime:
         if pipeline.settings.gc_tuning:
             tune_gc()
         await self.store.start()
-        for sink in self.sinks:
-            await sink.start()
-        if pipeline.dead_letters is not None:
-            await pipeline.dead_letters.start()
+        await self.dispatch.start()
         await pipeline.source.start(self.store)
 
     async def _close_source(self) -> None:
@@ -190,11 +181,7 @@ class Runtime:
             await self.pipeline.source.close()
 
     async def _close(self) -> None:
-        pipeline = self.pipeline
-        closers = [self._close_source, *[s.close for s in self.sinks], self.store.close]
-        if pipeline.dead_letters is not None:
-            closers.append(pipeline.dead_letters.close)
-        for closer in closers:
+        for closer in (self._close_source, self.dispatch.close, self.store.close):
             try:
                 await closer()
             except Exception:
@@ -253,9 +240,7 @@ class Runtime:
                     await self._ticket_done.wait()
 
     async def _flush_all(self) -> None:
-        await asyncio.gather(*(sink.flush() for sink in self.sinks))
-        if self.pipeline.dead_letters is not None:
-            await self.pipeline.dead_letters.flush()
+        await self.dispatch.flush()
 
     # -- partitions (PartitionHost) --------------------------------------------------------------
     async def assign(self, reader: PartitionReader) -> None:
@@ -335,10 +320,7 @@ class Runtime:
 
     async def _revoke_in_sinks(self, partition: Partition) -> None:
         """The sinks and the dead-letter queue drop what they hold of ``partition``, unwritten."""
-        for sink in self.sinks:
-            await sink.revoke([partition])
-        if self.pipeline.dead_letters is not None:
-            await self.pipeline.dead_letters.revoke([partition])
+        await self.dispatch.revoke([partition])
 
     async def _consume(self, state: _PartitionState) -> None:
         reader = state.reader
@@ -381,18 +363,16 @@ class Runtime:
         try:
             if failed:
                 batch = await self._dead_letter_unreadable(batch, failed)
-            began = time.perf_counter()
-            outputs, failures = await self.pipeline.chain.run(batch) if len(batch) else ([], [])
-            self.metrics.processed(reader.partition, sum(map(len, outputs)), time.perf_counter() - began)
+            outputs, failures = await self.dispatch.process(batch)
             del batch  # the source payloads live on only where outputs still share them
-            deliveries = self._deliveries(outputs)
+            deliveries = self.dispatch.deliveries(outputs)
             del outputs
             # From here on the ticket's records hold what the sinks and the dead-letter queue keep.
             held = footprint([sub for _, sub in deliveries] + [f.batch for f in failures])
             held += positions_bytes
             expansion.observe(fetched, held)
             await self._resize(ticket, held)
-            await self._route(ticket, deliveries, failures)
+            await self.dispatch.deliver(ticket, deliveries, failures)
         except asyncio.CancelledError:
             # A lost partition: nothing of this batch will be checkpointed, free its bytes.
             ticket.abandon()
@@ -438,58 +418,8 @@ class Runtime:
         self._budget.release(ticket.nbytes)
         self._ticket_done.set()
 
-    def _deliveries(self, outputs: list[RecordBatch]) -> list[tuple[Sink, RecordBatch]]:
-        """Each output's records for each sink whose predicate selects them, in the form the sink keeps
-        (payload bytes only for a sink that writes bytes: decoded values are released here)."""
-        deliveries: list[tuple[Sink, RecordBatch]] = []
-        for out in outputs:
-            for route in self.pipeline.routes:
-                sub = out if route.predicate is None else out.select(route.predicate(out))
-                if len(sub):
-                    deliveries.append((route.sink, sub if route.sink.keeps_values else sub.encoded()))
-        return deliveries
-
-    async def _route(
-        self, ticket: AckTicket, deliveries: list[tuple[Sink, RecordBatch]], failures: list[Failure]
-    ) -> None:
-        """Hand deliveries to their sinks and failures to the dead-letter queue."""
-        for sink, sub in deliveries:
-            ticket.hold(sub.origin, sub.origin_unique)
-            await sink.submit(sub)
-        for failure in failures:
-            await self.dead_letter(failure, log_it=False)
-        if failures:
-            first = failures[0].batch
-            log.warning(
-                "records dead-lettered",
-                partition=str(first.partition),
-                records=sum(len(f.batch) for f in failures),
-                first_position=str(first.position(0)),
-                stage=failures[0].stage,
-                reason=failures[0].reason,
-            )
-
     async def dead_letter(self, failure: Failure, *, log_it: bool = True) -> None:
-        dlq = self.pipeline.dead_letters
-        batch = failure.batch
-        if dlq is None:
-            raise ProcessingError(
-                f"{failure.stage!r} failed on the record at {batch.partition} position {batch.position(0)}: "
-                f"{failure.reason}; configure dead_letter to keep failed records and go on"
-            )
-        if batch.ticket is not None:
-            batch.ticket.hold(batch.origin, batch.origin_unique)
-        self.metrics.dead_lettered(batch.partition, len(batch))
-        if log_it:
-            log.warning(
-                "records dead-lettered",
-                partition=str(batch.partition),
-                first_position=str(batch.position(0)),
-                records=len(batch),
-                stage=failure.stage,
-                reason=failure.reason,
-            )
-        await dlq.submit(failure)
+        await self.dispatch.dead_letter(failure, log_it=log_it)
 
     # -- checkpoints -----------------------------------------------------------------------------
     async def _checkpoint_loop(self, stop: asyncio.Event) -> None:

@@ -17,7 +17,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import msgspec
 import numpy as np
@@ -29,8 +29,24 @@ from streamkit.processor import Failure
 from streamkit.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from streamkit.deadletter import DeadLetterQueue
     from streamkit.metrics import Metrics
+
+
+class FailureTarget(Protocol):
+    """What a sink needs from the dead-letter queue it is bound to: somewhere to hand records it gave up on,
+    and a way to have them written now.
+
+    A protocol rather than :class:`~streamkit.deadletter.DeadLetterQueue` itself, which is built on this
+    module's BufferedWriter: naming it here would make the two modules import each other.
+    """
+
+    async def submit(self, failure: Failure) -> None: ...
+
+    async def flush(self) -> None:
+        """Write what was submitted; a sink that must not move past records before they are stored (a
+        commit that advances a ledger) waits for this."""
+        ...
+
 
 Item = TypeVar("Item")
 
@@ -73,10 +89,10 @@ class Sink(ABC):
     keeps_values: bool = True
     """False for a sink that writes payload bytes only: the runtime then hands it batches without their
     decoded values (encoding them first if needed), so its buffers keep no dicts alive."""
-    dead_letters: DeadLetterQueue | None = None
+    dead_letters: FailureTarget | None = None
     metrics: Metrics | None = None
 
-    def bind(self, name: str, dead_letters: DeadLetterQueue | None, metrics: Metrics | None) -> None:
+    def bind(self, name: str, dead_letters: FailureTarget | None, metrics: Metrics | None) -> None:
         self.name = name
         self.dead_letters = dead_letters
         self.metrics = metrics

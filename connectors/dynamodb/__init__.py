@@ -23,8 +23,11 @@ from streamkit.connectors.dynamodb.leases import (
     LeaseTable,
     LeaseTableError,
     ShardInfo,
+    has_started,
+    is_lease_item,
     is_ready,
     lease_key_for,
+    lease_key_prefix_of,
     parent_lease_keys,
 )
 
@@ -48,8 +51,11 @@ __all__ = [
     "ShardInfo",
     "TakePlan",
     "default_worker_id",
+    "has_started",
+    "is_lease_item",
     "is_ready",
     "lease_key_for",
+    "lease_key_prefix_of",
     "parent_lease_keys",
     "plan_takes",
 ]

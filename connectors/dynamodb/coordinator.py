@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
+
 from streamkit.connectors.dynamodb.leases import (
     AT_TIMESTAMP,
     LATEST,
@@ -42,8 +43,11 @@ from streamkit.connectors.dynamodb.leases import (
     LeaseTable,
     LeaseTableError,
     ShardInfo,
+    has_started,
     is_ready,
     lease_key_for,
+    lease_key_prefix_of,
+    parent_lease_keys,
 )
 
 __all__ = [
@@ -59,6 +63,9 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 DEFAULT_FAILOVER_TIME = 10.0
+# The KCL deletes a finished lease at its completed-lease clean-up pass, every 5 minutes by default
+# (completedLeaseCleanupIntervalMillis); keeping a finished lease a while helps whoever inspects the table.
+DEFAULT_FINISHED_LEASE_RETENTION = 300.0
 _INITIAL_POSITIONS = frozenset({TRIM_HORIZON, LATEST, AT_TIMESTAMP})
 
 
@@ -108,6 +115,10 @@ class TakePlan:
     steal: list[str]
     target: int
     active_workers: int
+    active: frozenset[str] = frozenset()
+    """The active workers (me included); ``active_workers`` is its size."""
+    candidates: int = 0
+    """Leases that count in the balance (not finished)."""
 
 
 def plan_takes(
@@ -126,7 +137,8 @@ def plan_takes(
     * Active workers are the owners (and hand-off senders) of live leases, plus ``me``; the target share is
       ceil(leases / active workers), capped by ``max_leases``.
     * Leases the table says are ours but we do not hold (a restart with a fixed worker id, a completed
-      hand-off) are always taken back. Then unowned leases, then expired ones, up to the target.
+      hand-off) are always taken back. Then unowned leases, then expired ones, up to an exact share: the
+      ceiling for the first (leases mod workers) active workers by id, the floor for the others.
     * Still short: steal from the most loaded worker, one lease at a time, only while that worker holds at
       least two more than we do. A steal never leaves the victim with fewer leases than the stealer, so each
       one strictly lowers the sum of squared lease counts: no ping-pong, and the fleet settles with every
@@ -169,15 +181,22 @@ def plan_takes(
                 stealable.setdefault(owner, []).append(key)
 
     target = math.ceil(len(candidates) / len(active)) if candidates else 0
+    # Free leases are taken up to an exact share: the first (leases mod workers) workers by id take the
+    # ceiling, the others the floor. With the ceiling for everyone, early takers would overshoot and leave the
+    # last ones two short, and that gap costs a round of steals (and hand-offs) after every crash.
+    base, extra = divmod(len(candidates), len(active))
+    fair = base + (1 if sorted(active).index(me) < extra else 0)
     if max_leases is not None:
         target = min(target, max_leases)
+        fair = min(fair, max_leases)
     take = list(reclaim)
-    need = target - mine
+    need = fair - mine
     for free in (unowned, orphaned):
         chosen = _ordered(free, rng)[: max(need, 0)]
         take.extend(chosen)
         need -= len(chosen)
         mine += len(chosen)
+    need = target - mine
     steal: list[str] = []
     while need > 0:
         victim = _most_loaded(load, stealable)
@@ -187,7 +206,36 @@ def plan_takes(
         load[victim] -= 1
         mine += 1
         need -= 1
-    return TakePlan(take=take, steal=steal, target=target, active_workers=len(active))
+    return TakePlan(
+        take=take,
+        steal=steal,
+        target=target,
+        active_workers=len(active),
+        active=frozenset(active),
+        candidates=len(candidates),
+    )
+
+
+def _ancestors_of_started(shards: Sequence[ShardInfo], leases: dict[str, Lease], prefix: str) -> set[str]:
+    """Shard ids of the listed ancestors of every shard whose lease has started (see has_started).
+
+    Such ancestors were finished before their descendant started; a missing lease means it was cleaned up.
+    """
+    parents_of = {shard.shard_id: shard.parent_shard_ids for shard in shards}
+    pending = [
+        parent
+        for shard in shards
+        if (lease := leases.get(lease_key_for(shard.shard_id, prefix))) is not None and has_started(lease)
+        for parent in shard.parent_shard_ids
+    ]
+    ancestors: set[str] = set()
+    while pending:
+        shard_id = pending.pop()
+        if shard_id in ancestors or shard_id not in parents_of:
+            continue
+        ancestors.add(shard_id)
+        pending.extend(parents_of[shard_id])
+    return ancestors
 
 
 def _ordered(keys: list[str], rng: random.Random | None) -> list[str]:
@@ -205,6 +253,33 @@ def _most_loaded(load: Counter[str], stealable: dict[str, list[str]]) -> str | N
         keys.sort()
     # Ties go to the smallest worker id, so concurrent stealers pick the same victim and the same leases.
     return min(candidates, key=lambda worker: (-load[worker], worker))
+
+
+class _TakeBudget:
+    """The share one taker pass aims at, lowered as the pass discovers workers its scan did not show.
+
+    Workers that start together all scan a table nobody owns yet: each sees itself alone, plans to take every
+    lease, and without this they would send (workers x leases) conditional writes, nearly all failing. A
+    failed take returns the lease's new owner; every new owner lowers the target, and takes beyond it are
+    skipped. Steals are left to the next pass, which sees the real fleet.
+    """
+
+    def __init__(self, plan: TakePlan, max_leases: int | None) -> None:
+        self._active = set(plan.active)
+        self._count = max(len(plan.active), 1)
+        self._candidates = plan.candidates
+        self._max_leases = max_leases
+
+    def saw(self, owner: str | None) -> None:
+        if owner is not None and owner not in self._active:
+            self._active.add(owner)
+            self._count += 1
+
+    def room(self, holding: int) -> bool:
+        target = math.ceil(self._candidates / self._count)
+        if self._max_leases is not None:
+            target = min(target, self._max_leases)
+        return holding < target
 
 
 # --- the coordinator ------------------------------------------------------------------------------------------
@@ -248,6 +323,8 @@ class LeaseCoordinator:
         on_handoff: HandoffCallback | None = None,
         initial_position: str = TRIM_HORIZON,
         lease_key_prefix: str = "",
+        lease_key_prefixes: Collection[str] | None = None,
+        finished_lease_retention: float | None = DEFAULT_FINISHED_LEASE_RETENTION,
         max_concurrent_writes: int = 16,
         rng: random.Random | None = None,
     ) -> None:
@@ -265,7 +342,14 @@ class LeaseCoordinator:
                 next owner time before it takes the lease anyway (failover_time after its request).
             on_handoff: awaited before a lease this worker holds is passed on (see the module docstring).
             initial_position: checkpoint of leases :meth:`sync_shards` creates for shards with no read parent.
-            lease_key_prefix: ``account:stream:creationEpoch:`` for KCL multi-stream tables, else empty.
+            lease_key_prefix: ``account:stream:creationEpoch:`` for KCL multi-stream tables, else empty: the
+                default prefix of the leases :meth:`sync_shards` creates.
+            lease_key_prefixes: with several streams, the prefixes of the configured streams. Leases with any
+                other key are left untouched (never taken, renewed, counted in the balance, or deleted): they
+                belong to a stream removed from the configuration, or to another application (KCL#1112).
+                None: every lease of the table is ours.
+            finished_lease_retention: delete a finished (SHARD_END) lease this many seconds after every child
+                lease has started (the KCL's lease clean-up); None keeps finished leases forever.
             max_concurrent_writes: bound on parallel DynamoDB writes of one pass.
             rng: randomness for jitter and for the order free leases are taken in.
         """
@@ -281,6 +365,8 @@ class LeaseCoordinator:
             raise ValueError(f"initial_position must be one of {sorted(_INITIAL_POSITIONS)}")
         if max_leases is not None and max_leases < 1:
             raise ValueError(f"max_leases must be at least 1, got {max_leases}")
+        if finished_lease_retention is not None and finished_lease_retention < 0:
+            raise ValueError(f"finished_lease_retention must not be negative, got {finished_lease_retention}")
         self._table = table
         self._worker_id = worker_id or default_worker_id()
         self._failover_time = failover_time
@@ -291,6 +377,11 @@ class LeaseCoordinator:
         self._on_handoff = on_handoff
         self._initial_position = initial_position
         self._prefix = lease_key_prefix
+        self._prefixes = tuple(lease_key_prefixes) if lease_key_prefixes is not None else None
+        self._retention = finished_lease_retention
+        self._cleanable_since: dict[str, float] = {}  # finished lease key -> when it was first seen deletable
+        self.deleted_finished = 0
+        """Finished leases this worker deleted (the clean-up)."""
         self._rng = rng or random.Random()
         self._write_slots = asyncio.Semaphore(max_concurrent_writes)
         self._tracker = ExpiryTracker(failover_time)
@@ -307,6 +398,8 @@ class LeaseCoordinator:
         self._release_on_stop = True
         self.events: asyncio.Queue[LeaseEvent] = asyncio.Queue()
         self._taking_paused = False
+        self._lost_races = False  # a take or steal of the current pass failed its condition
+        self._quick_pass = False  # the current pass was scheduled early because of a lost race
 
     # --- public API ----------------------------------------------------------------------------------------
 
@@ -380,7 +473,7 @@ class LeaseCoordinator:
 
         Children are created first, so that once the parent shows SHARD_END its children exist.
         """
-        await self.create_child_leases(child_shards)
+        await self.create_child_leases(child_shards, prefix=lease_key_prefix_of(lease_key))
         children = [child.shard_id for child in child_shards]
         lease = await self._checkpoint(lease_key, SHARD_END, 0, child_shard_ids=children)
         held = self._held.get(lease_key)
@@ -392,32 +485,39 @@ class LeaseCoordinator:
         self._view[lease_key] = lease
         self._announce_ready()
 
-    async def create_child_leases(self, child_shards: Sequence[ShardInfo]) -> list[str]:
+    async def create_child_leases(self, child_shards: Sequence[ShardInfo], *, prefix: str | None = None) -> list[str]:
         """Create the leases of a closed shard's children (from ChildShards) at TRIM_HORIZON: a child must be
-        read from its start. Idempotent: existing leases are left alone. Returns the keys created."""
+        read from its start. Idempotent: existing leases are left alone. Returns the keys created.
+        ``prefix``: the stream's lease key prefix (default: the coordinator's ``lease_key_prefix``)."""
         created = []
         for child in child_shards:
-            lease = self._new_lease(child, TRIM_HORIZON)
+            lease = self._new_lease(child, TRIM_HORIZON, prefix)
             if await self._table.create_lease(lease):
                 created.append(lease.lease_key)
         return created
 
-    async def sync_shards(self, shards: Sequence[ShardInfo]) -> list[str]:
+    async def sync_shards(self, shards: Sequence[ShardInfo], *, prefix: str | None = None) -> list[str]:
         """Create leases for listed shards that have none. Returns the keys created.
 
-        ``shards`` must be the stream's full listing (closed shards included). A shard whose parent already
-        had a lease is a descendant of data being read and starts at TRIM_HORIZON; others start at the
-        configured initial position, except that with LATEST closed shards get no lease (there is nothing
-        after "latest" in them) and count as finished. Parents no longer listed are past retention: finished.
+        ``shards`` must be the stream's full listing (closed shards included); ``prefix`` its lease key prefix
+        (default: the coordinator's ``lease_key_prefix``). A shard whose parent already had a lease is a
+        descendant of data being read and starts at TRIM_HORIZON; others start at the configured initial
+        position, except that with LATEST closed shards get no lease (there is nothing after "latest" in them)
+        and count as finished. Parents no longer listed are past retention: finished. So are the ancestors of
+        a shard whose lease has started: their leases were finished and cleaned up, and must not come back.
         """
-        existing = {lease.lease_key for lease in await self._table.list_leases()}
+        prefix = self._prefix if prefix is None else prefix
+        leases = {lease.lease_key: lease for lease in await self._table.list_leases()}
+        existing = set(leases)
         listed = {shard.shard_id for shard in shards}
+        superseded = _ancestors_of_started(shards, leases, prefix)
+        self.mark_finished(lease_key_for(shard_id, prefix) for shard_id in superseded)
         created: list[str] = []
         for shard in shards:
-            key = lease_key_for(shard.shard_id, self._prefix)
-            if key in existing:
+            key = lease_key_for(shard.shard_id, prefix)
+            if key in existing or shard.shard_id in superseded:
                 continue
-            parents = {lease_key_for(parent, self._prefix) for parent in shard.parent_shard_ids}
+            parents = {lease_key_for(parent, prefix) for parent in shard.parent_shard_ids}
             if parents & existing:
                 position = TRIM_HORIZON
             elif self._initial_position == LATEST and shard.is_closed:
@@ -425,10 +525,10 @@ class LeaseCoordinator:
                 continue
             else:
                 position = self._initial_position
-            if await self._table.create_lease(self._new_lease(shard, position)):
+            if await self._table.create_lease(self._new_lease(shard, position, prefix)):
                 created.append(key)
         gone = {p for shard in shards for p in shard.parent_shard_ids if p not in listed}
-        self.mark_finished(lease_key_for(parent, self._prefix) for parent in gone)
+        self.mark_finished(lease_key_for(parent, prefix) for parent in gone)
         return created
 
     # --- loops ---------------------------------------------------------------------------------------------
@@ -470,6 +570,17 @@ class LeaseCoordinator:
             if (changed := self._tracker.last_change(lease.lease_key)) is not None
             if changed < self._last_scan_at and changed + self._failover_time > now
         ]
+        quick, self._quick_pass = self._lost_races and not self._quick_pass, False
+        self._lost_races = False
+        if quick:
+            # A take or steal of the last pass lost a race: peers are moving leases right now, and the plan
+            # was computed on a table that is already stale. Re-plan soon (random, so the racers spread out)
+            # instead of a whole interval later: the winners' writes are visible to the next scan. This is
+            # what makes a fleet that starts (or grows) at once converge in seconds rather than in one taker
+            # interval per lost race. Never twice in a row: when the table is slow to answer, more races
+            # must not mean more scans.
+            self._quick_pass = True
+            regular = min(regular, started + self._taker_interval * self._rng.uniform(0.1, 0.3))
         wake = min([regular, *(expiry + 0.01 for expiry in expiries)])
         # Never spin: at least a twentieth of the failover time between passes.
         return max(wake - now, self._failover_time / 20)
@@ -530,6 +641,9 @@ class LeaseCoordinator:
         except LeaseTableError as error:
             self._tolerate(error, "scan", None)
             return
+        if self._prefixes is not None:
+            prefixes = self._prefixes
+            leases = [lease for lease in leases if lease.lease_key.startswith(prefixes)]
         now = self._last_scan_at = time.monotonic()
         self._tracker.observe(leases, now)
         self._view = {lease.lease_key: lease for lease in leases}
@@ -537,6 +651,7 @@ class LeaseCoordinator:
         expired = self._tracker.expired(now)
         # A hand-off we asked for that the owner did not complete in failover_time: take it as expired.
         expired |= {key for key, asked in self._incoming.items() if now - asked > self._failover_time}
+        reclaims = {lease.lease_key for lease in leases if lease.lease_owner == self._worker_id}
         plan = plan_takes(
             leases,
             self._worker_id,
@@ -554,13 +669,67 @@ class LeaseCoordinator:
                 target=plan.target,
                 workers=plan.active_workers,
             )
-        actions = [functools.partial(self._take, self._view[key]) for key in plan.take]
+        budget = _TakeBudget(plan, self._max_leases)
+        actions = [
+            functools.partial(self._take, self._view[key], budget=None if key in reclaims else budget)
+            for key in plan.take
+        ]
         actions += [functools.partial(self._steal, self._view[key]) for key in plan.steal]
+        actions += [functools.partial(self._delete_finished, lease) for lease in self._finished_to_delete(leases, now)]
         await self._bounded(actions)
 
-    async def _take(self, seen: Lease) -> None:
+    # --- cleaning up finished leases -----------------------------------------------------------------------
+
+    def _finished_to_delete(self, leases: Sequence[Lease], now: float) -> list[Lease]:
+        """Finished leases whose deletion is due, from one scan (the KCL's LeaseCleanupManager rules).
+
+        A finished lease may go once every child lease exists and has started (the children no longer need it
+        to become ready), and once none of its own parents has a lease any more (oldest first, so a missing
+        child always means "not created yet", never "already cleaned up"), ``finished_lease_retention`` after
+        that was first seen. To spare the table, the owner of its first owned child deletes it; when no child
+        has an owner (they finished too), every worker may try: the delete is conditional, one succeeds.
+        """
+        if self._retention is None:
+            return []
+        by_key = {lease.lease_key: lease for lease in leases}
+        children_of: dict[str, set[str]] = {}
+        for lease in leases:
+            for parent in parent_lease_keys(lease):
+                children_of.setdefault(parent, set()).add(lease.lease_key)
+        due: list[Lease] = []
+        cleanable: dict[str, float] = {}
+        for lease in leases:
+            if not lease.is_finished or parent_lease_keys(lease) & by_key.keys():
+                continue
+            prefix = lease_key_prefix_of(lease.lease_key)
+            child_keys = {lease_key_for(c, prefix) for c in lease.child_shard_ids}
+            child_keys |= children_of.get(lease.lease_key, set())
+            children = [by_key.get(key) for key in sorted(child_keys)]
+            if not children or not all(child is not None and has_started(child) for child in children):
+                continue
+            since = cleanable[lease.lease_key] = self._cleanable_since.get(lease.lease_key, now)
+            owners = [child.lease_owner for child in children if child is not None and child.lease_owner]
+            if now - since >= self._retention and (not owners or owners[0] == self._worker_id):
+                due.append(lease)
+        self._cleanable_since = cleanable
+        return due
+
+    async def _delete_finished(self, seen: Lease) -> None:
+        try:
+            deleted = await self._table.delete_finished(seen)
+        except LeaseTableError as error:
+            self._tolerate(error, "delete the finished lease", seen.lease_key)
+            return
+        if deleted:
+            self.deleted_finished += 1
+            self._view.pop(seen.lease_key, None)
+            log.info("lease.deleted_finished", worker=self._worker_id, lease_key=seen.lease_key)
+
+    async def _take(self, seen: Lease, budget: _TakeBudget | None = None) -> None:
         key = seen.lease_key
         if key in self._taking or key in self._held:
+            return
+        if budget is not None and not budget.room(len(self._held) + len(self._taking)):
             return
         self._taking.add(key)
         try:
@@ -568,6 +737,9 @@ class LeaseCoordinator:
             lease = await self._table.take(seen, self._worker_id)
         except LeaseContendedError as contended:
             log.debug("lease.take_contended", worker=self._worker_id, lease_key=key, detail=str(contended))
+            self._lost_races = True
+            if budget is not None and contended.current is not None:
+                budget.saw(contended.current.actual_owner)
             return
         except LeaseTableError as error:
             self._tolerate(error, "take", key)
@@ -588,6 +760,7 @@ class LeaseCoordinator:
         try:
             lease = await self._table.request_handoff(seen, self._worker_id)
         except LeaseContendedError:
+            self._lost_races = True
             return
         except LeaseTableError as error:
             self._tolerate(error, "request a hand-off of", seen.lease_key)
@@ -738,9 +911,9 @@ class LeaseCoordinator:
             "lease_table.unavailable", worker=self._worker_id, action=action, lease_key=lease_key, error=str(error)
         )
 
-    def _new_lease(self, shard: ShardInfo, checkpoint: str) -> Lease:
+    def _new_lease(self, shard: ShardInfo, checkpoint: str, prefix: str | None = None) -> Lease:
         return Lease(
-            lease_key=lease_key_for(shard.shard_id, self._prefix),
+            lease_key=lease_key_for(shard.shard_id, self._prefix if prefix is None else prefix),
             checkpoint=checkpoint,
             parent_shard_ids=frozenset(shard.parent_shard_ids),
             starting_hash_key=shard.starting_hash_key,

@@ -42,8 +42,11 @@ __all__ = [
     "LeaseTable",
     "LeaseTableError",
     "ShardInfo",
+    "has_started",
+    "is_lease_item",
     "is_ready",
     "lease_key_for",
+    "lease_key_prefix_of",
     "parent_lease_keys",
 ]
 
@@ -79,6 +82,10 @@ PENDING_CHECKPOINT_SUB = "pendingCheckpointSubSequenceNumber"
 PENDING_CHECKPOINT_STATE = "pendingCheckpointState"
 CHECKPOINT_OWNER = "checkpointOwner"
 THROUGHPUT_KBPS = "throughputKBps"
+# KCL 3.x may keep rows that are not leases in the lease table, marked with this attribute (a lease has none,
+# or the value "LEASE"): worker metrics, coordinator/leader state, migration markers.
+ENTITY_TYPE = "entityType"
+LEASE_ENTITY_TYPE = "lease"
 
 _KNOWN_ATTRIBUTES = frozenset(
     {
@@ -133,7 +140,14 @@ class LeaseLostError(LeaseError):
 
 
 class LeaseContendedError(LeaseError):
-    """A take, steal or hand-off request lost a race: the lease changed since it was read."""
+    """A take, steal or hand-off request lost a race: the lease changed since it was read.
+
+    ``current`` is the lease as it is now (DynamoDB returns it with the failed condition), None if unknown.
+    """
+
+    def __init__(self, message: str, *, lease_key: str, worker_id: str, current: Lease | None = None) -> None:
+        super().__init__(message, lease_key=lease_key, worker_id=worker_id)
+        self.current = current
 
 
 class LeaseTableError(Exception):
@@ -275,16 +289,42 @@ class ShardInfo:
         )
 
 
+def is_lease_item(item: Mapping[str, AttributeValue]) -> bool:
+    """True for a lease; False for the other rows a KCL 3.x application may keep in its lease table.
+
+    Such rows carry an ``entityType`` attribute; a lease has none (or ``LEASE``). Every read of the table goes
+    through this test, so those rows are never parsed, counted, taken, balanced or deleted.
+    """
+    entity_type = item.get(ENTITY_TYPE)
+    if entity_type is None:
+        return True
+    return str(entity_type.get("S", "")).lower() == LEASE_ENTITY_TYPE
+
+
 def lease_key_for(shard_id: str, prefix: str = "") -> str:
     """The lease key of a shard: the shard id, or ``account:stream:creationEpoch:`` + shard id (multi-stream)."""
     return prefix + shard_id
 
 
+def lease_key_prefix_of(lease_key: str) -> str:
+    """``account:stream:creationEpoch:`` of a multi-stream lease key; empty for a single-stream one."""
+    prefix = lease_key.rpartition(":")[0]
+    return prefix + ":" if prefix else ""
+
+
 def parent_lease_keys(lease: Lease) -> frozenset[str]:
     """Lease keys of the lease's parents (parentShardId holds shard ids; multi-stream keys add a prefix)."""
-    prefix = lease.lease_key.rpartition(":")[0]
-    prefix = prefix + ":" if prefix else ""
+    prefix = lease_key_prefix_of(lease.lease_key)
     return frozenset(lease_key_for(parent, prefix) for parent in lease.parent_shard_ids)
+
+
+def has_started(lease: Lease) -> bool:
+    """The shard was read past its starting position: its checkpoint is a sequence number or SHARD_END.
+
+    A started shard's parents were finished when it started (nobody reads a child first), which is what lets
+    the finished parents' leases be deleted (as the KCL's LeaseCleanupManager does) without blocking it.
+    """
+    return lease.checkpoint is not None and lease.checkpoint not in (TRIM_HORIZON, LATEST, AT_TIMESTAMP)
 
 
 def is_ready(lease: Lease, leases_by_key: Mapping[str, Lease], finished: Collection[str] = ()) -> bool:
@@ -292,8 +332,11 @@ def is_ready(lease: Lease, leases_by_key: Mapping[str, Lease], finished: Collect
 
     A parent with no lease counts as done only when it is known to be finished (``finished``: lease keys of
     shards past retention or deliberately skipped). An unknown absent parent may simply not have its lease
-    yet, and reading the child first would break per-key order.
+    yet, and reading the child first would break per-key order. A lease that has started (see
+    :func:`has_started`) is ready whatever its parents: their leases may have been cleaned up since.
     """
+    if has_started(lease):
+        return True
     for parent_key in parent_lease_keys(lease):
         parent = leases_by_key.get(parent_key)
         if parent is None:
@@ -404,7 +447,7 @@ class LeaseTable:
             if start_key is not None:
                 kwargs["ExclusiveStartKey"] = start_key
             page = await self._call("Scan", functools.partial(self._client.scan, **kwargs))
-            leases.extend(Lease.from_item(item) for item in page.get("Items", ()))
+            leases.extend(Lease.from_item(item) for item in page.get("Items", ()) if is_lease_item(item))
             start_key = page.get("LastEvaluatedKey")
             if not start_key:
                 return leases
@@ -416,7 +459,7 @@ class LeaseTable:
             lease_key=lease_key,
         )
         item = response.get("Item")
-        return Lease.from_item(item) if item else None
+        return Lease.from_item(item) if item and is_lease_item(item) else None
 
     async def lease_keys_of(self, owner: str) -> list[str]:
         """Keys of the leases whose leaseOwner is ``owner``: the owner index if the table has it, else a scan."""
@@ -459,6 +502,33 @@ class LeaseTable:
             )
         except _ConditionFailed:
             return False
+        return True
+
+    async def delete_finished(self, seen: Lease) -> bool:
+        """Delete a finished (SHARD_END) lease, conditional on it being unchanged since it was seen.
+
+        Returns False (and deletes nothing) when the lease changed, was deleted by a peer, or is not finished.
+        Used by the clean-up of finished leases (see LeaseCoordinator), never on a lease being read.
+        """
+        if not seen.is_finished:
+            raise ValueError(f"lease {seen.lease_key!r} is not finished (checkpoint {seen.checkpoint!r})")
+        condition = "#checkpoint = :shardEnd AND #leaseCounter = :counter"
+        try:
+            await self._call(
+                "DeleteItem",
+                lambda: self._client.delete_item(
+                    TableName=self._name,
+                    Key=_key(seen.lease_key),
+                    ConditionExpression=condition,
+                    ExpressionAttributeNames=_names(condition),
+                    ExpressionAttributeValues={":shardEnd": _s(SHARD_END), ":counter": _n(seen.lease_counter)},
+                    ReturnValuesOnConditionCheckFailure="ALL_OLD",
+                ),
+                lease_key=seen.lease_key,
+            )
+        except _ConditionFailed as failure:
+            # A retried delete whose first attempt succeeded finds nothing: that is our own deletion.
+            return failure.attempts > 1 and failure.current is None
         return True
 
     async def renew(self, lease: Lease, worker_id: str) -> Lease:
@@ -695,7 +765,8 @@ class LeaseTable:
             code = _error_code(error)
             if code == "ConditionalCheckFailedException":
                 item = error.response.get("Item")
-                raise _ConditionFailed(Lease.from_item(item) if item else None, attempts) from None
+                current = Lease.from_item(item) if item and is_lease_item(item) else None
+                raise _ConditionFailed(current, attempts) from None
             raise self._table_error(operation, lease_key, code, str(error), attempts) from error
         except (HTTPClientError, ConnectionError) as error:
             raise self._table_error(operation, lease_key, None, str(error), attempts) from error
@@ -809,6 +880,7 @@ def _contended(action: str, seen: Lease, worker_id: str, current: Lease | None) 
         f"(seen owner {seen.lease_owner!r} at counter {seen.lease_counter}; {_describe_owner(current)})",
         lease_key=seen.lease_key,
         worker_id=worker_id,
+        current=current,
     )
 
 

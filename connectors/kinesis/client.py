@@ -14,9 +14,9 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from botocore.config import Config
-from streamkit.connectors.kinesis.decode import DecodedRecords, decode_get_records
 
 from streamkit.config import AwsSettings
+from streamkit.connectors.kinesis.decode import DecodedRecords, decode_get_records
 
 _RAW_KEY = "StreamkitRawBody"
 _EMPTY_BODY = b'{"Records":[]}'
@@ -28,11 +28,21 @@ def _keep_raw_body(response_dict: dict[str, Any], customized_response_dict: dict
         response_dict["body"] = _EMPTY_BODY
 
 
+def stream_argument(stream: str) -> dict[str, str]:
+    """``StreamARN`` for an ARN (the only way to name another account's stream), else ``StreamName``."""
+    return {"StreamARN": stream} if stream.startswith("arn:") else {"StreamName": stream}
+
+
 class KinesisClient:
     """An aiobotocore Kinesis client plus the raw GetRecords path. Use as an async context manager."""
 
-    def __init__(self, aws: AwsSettings, *, max_pool_connections: int = 64, read_timeout: float = 30) -> None:
+    def __init__(
+        self, aws: AwsSettings, *, max_pool_connections: int = 64, read_timeout: float = 30, session: Any = None
+    ) -> None:
+        """``session``: an aiobotocore session to create the client from (e.g. one acting as an assumed role,
+        see streamkit.connectors.assume_role); default a new session on the standard credential chain."""
         self.aws = aws
+        self._session = session
         self._config = Config(
             retries={"mode": "standard", "max_attempts": 3},
             connect_timeout=5,
@@ -45,7 +55,7 @@ class KinesisClient:
     async def __aenter__(self) -> KinesisClient:
         from aiobotocore.session import get_session
 
-        session = get_session()
+        session = self._session or get_session()
         self.client = await self._stack.enter_async_context(
             session.create_client("kinesis", config=self._config, **self.aws.client_kwargs("kinesis"))
         )
@@ -70,7 +80,7 @@ class KinesisClient:
         sequence_number: str | None = None,
         timestamp: dt.datetime | None = None,
     ) -> str:
-        kwargs: dict[str, Any] = {"StreamName": stream, "ShardId": shard_id, "ShardIteratorType": iterator_type}
+        kwargs: dict[str, Any] = {**stream_argument(stream), "ShardId": shard_id, "ShardIteratorType": iterator_type}
         if sequence_number is not None:
             kwargs["StartingSequenceNumber"] = sequence_number
         if timestamp is not None:
@@ -81,7 +91,7 @@ class KinesisClient:
     async def list_shards(self, stream: str) -> list[dict[str, Any]]:
         """Every shard of the stream, open and closed, following pagination."""
         shards: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {"StreamName": stream}
+        kwargs: dict[str, Any] = stream_argument(stream)
         while True:
             response = await self.client.list_shards(**kwargs)
             shards.extend(response.get("Shards", []))

@@ -13,16 +13,17 @@ KPL deaggregation is a separate step, :func:`deaggregate`, so a source can skip 
 from __future__ import annotations
 
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from typing import NamedTuple
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 import pybase64
-from streamkit.connectors.kinesis.kpl import MAGIC, KplDecodeError, unpack
+
+from streamkit.connectors.kinesis.kpl import KplDecodeError, Malformed, any_aggregated, expand
 
 __all__ = [
     "MISSING_ARRIVAL_MS",
@@ -99,6 +100,8 @@ class DeaggregatedRecords:
     aggregated: npt.NDArray[np.bool_]
     # User records dropped because their effective hash key is outside the shard's range.
     dropped: int
+    # deaggregate(malformed="fail_record"): user-record index -> reason of malformed aggregates kept whole.
+    failures: dict[int, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.sequence_numbers)
@@ -148,18 +151,6 @@ _data = attrgetter("data")
 _seq = attrgetter("sequence_number")
 _pkey = attrgetter("partition_key")
 _arrival = attrgetter("approximate_arrival_timestamp")
-_first_byte = itemgetter(0)
-_MAGIC0 = MAGIC[0]
-
-
-def _any_aggregated(payloads: list[bytes]) -> bool:
-    try:
-        # Reading one int per record is ~2x cheaper than bytes.startswith(MAGIC) per record.
-        if _MAGIC0 not in map(_first_byte, payloads):
-            return False
-    except IndexError:
-        pass  # an empty payload somewhere: fall through to the exact scan
-    return any(map(bytes.startswith, payloads, repeat(MAGIC)))
 
 
 def decode_get_records(body: bytes) -> DecodedRecords:
@@ -232,56 +223,31 @@ def as_user_records(decoded: DecodedRecords) -> DeaggregatedRecords:
     )
 
 
-def deaggregate(decoded: DecodedRecords, shard_hash_range: tuple[int, int] | None = None) -> DeaggregatedRecords:
-    """Expand KPL aggregated records into user records.
+def deaggregate(
+    decoded: DecodedRecords, shard_hash_range: tuple[int, int] | None = None, *, malformed: Malformed = "raise"
+) -> DeaggregatedRecords:
+    """Expand KPL aggregated records into user records (:func:`~streamkit.connectors.kinesis.kpl.expand`).
 
     ``shard_hash_range`` is the shard's inclusive [start, end] hash key range; when given, user
     records of aggregated records whose effective hash key is outside it are dropped and counted
-    (plain records are never filtered: Kinesis itself routed them to this shard). Raises
-    KplDecodeError for an aggregated record whose digest matches but whose protobuf is malformed.
+    (plain records are never filtered: Kinesis itself routed them to this shard). An aggregated
+    record whose digest matches but whose protobuf is malformed raises KplDecodeError, or with
+    ``malformed="fail_record"`` stays one record listed in ``failures`` with the reason.
     """
     payloads = decoded.payloads
     # Fast path: a batch without aggregated records is returned as the input columns with
     # constant flags, after a C-level scan of first bytes.
-    if not _any_aggregated(payloads):
+    if not any_aggregated(payloads):
         return as_user_records(decoded)
-
-    out_payloads: list[bytes] = []
-    out_seqs: list[str] = []
-    out_subs: list[int] = []
-    out_pks: list[str] = []
-    out_ehks: list[str | None] = []
-    counts: list[int] = []  # user records kept per Kinesis record, to repeat per-record columns
-    flags: list[bool] = []
-    dropped = 0
-    for payload, seq, pk in zip(payloads, decoded.sequence_numbers, decoded.partition_keys, strict=True):
-        users = unpack(payload, seq, shard_hash_range) if payload.startswith(MAGIC) else None
-        if users is None:
-            out_payloads.append(payload)
-            out_seqs.append(seq)
-            out_subs.append(0)
-            out_pks.append(pk)
-            out_ehks.append(None)
-            counts.append(1)
-            flags.append(False)
-            continue
-        kept = len(users.payloads)
-        out_payloads.extend(users.payloads)
-        out_seqs.extend(repeat(seq, kept))
-        out_subs.extend(users.sub_sequence_numbers)
-        out_pks.extend(users.partition_keys)
-        out_ehks.extend(users.explicit_hash_keys)
-        counts.append(kept)
-        flags.append(True)
-        dropped += users.dropped
-
+    users = expand(payloads, decoded.sequence_numbers, decoded.partition_keys, shard_hash_range, malformed=malformed)
     return DeaggregatedRecords(
-        payloads=out_payloads,
-        sequence_numbers=out_seqs,
-        sub_sequence_numbers=np.array(out_subs, dtype=np.int64),
-        partition_keys=out_pks,
-        explicit_hash_keys=out_ehks,
-        arrival_ms=np.repeat(decoded.arrival_ms, counts),
-        aggregated=np.repeat(np.array(flags, dtype=np.bool_), counts),
-        dropped=dropped,
+        payloads=users.payloads,
+        sequence_numbers=users.sequence_numbers,
+        sub_sequence_numbers=np.array(users.sub_sequence_numbers, dtype=np.int64),
+        partition_keys=users.partition_keys,
+        explicit_hash_keys=users.explicit_hash_keys,
+        arrival_ms=np.repeat(decoded.arrival_ms, users.counts),
+        aggregated=np.repeat(np.array(users.aggregated, dtype=np.bool_), users.counts),
+        dropped=users.dropped,
+        failures=users.failures,
     )

@@ -37,13 +37,13 @@ import aiohttp
 import msgspec
 import structlog
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
-from streamkit.connectors.kinesis.client import KinesisClient
-from streamkit.connectors.kinesis.decode import ChildShard, DecodedRecords, decode_subscribe_event
-from streamkit.connectors.kinesis.efo_consumer import ConsumerRegistrationError, ensure_consumer
-from streamkit.connectors.kinesis.reader import THROTTLED, ReadPacer, ReadSettings, ShardReader, StartAt
 
 from streamkit.batch import Partition
 from streamkit.config import AwsSettings, PositiveSeconds
+from streamkit.connectors.kinesis.client import KinesisClient, stream_argument
+from streamkit.connectors.kinesis.decode import ChildShard, DecodedRecords, decode_subscribe_event
+from streamkit.connectors.kinesis.efo_consumer import ConsumerRegistrationError, ensure_consumer
+from streamkit.connectors.kinesis.reader import THROTTLED, ReadPacer, ReadSettings, ShardReader, StartAt
 from streamkit.errors import ConfigError
 
 log = structlog.get_logger("streamkit.kinesis")
@@ -105,7 +105,7 @@ class FanOut:
         default_name: str,
     ) -> FanOut:  # fmt: skip
         """Register (or find) the consumer and open the subscription client; closed with ``stack``."""
-        summary = await control.client.describe_stream_summary(StreamName=stream)
+        summary = await control.client.describe_stream_summary(**stream_argument(stream))
         stream_arn: str = summary["StreamDescriptionSummary"]["StreamARN"]
         name = options.consumer_name or default_name
         try:

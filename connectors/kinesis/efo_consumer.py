@@ -18,8 +18,8 @@ from typing import Any
 
 import structlog
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
-from streamkit.connectors.kinesis.reader import THROTTLED
 
+from streamkit.connectors.kinesis.reader import THROTTLED
 from streamkit.retry import RetryPolicy
 
 log = structlog.get_logger("streamkit.kinesis")

@@ -21,18 +21,31 @@ whose digest matches but which does not decode raises KplDecodeError: the bytes 
 producer wrote, so this is a real fault, and handing the blob on as data would hide it.
 Key strings that are not valid UTF-8 are decoded with U+FFFD replacements, as protobuf-java does
 for the KCL, rather than failing the shard; their hash keys are computed from the raw bytes.
+
+:func:`expand` is the one deaggregation loop over a run of Kinesis records, used by the GetRecords
+path (``decode.deaggregate``, for the Kinesis source) and by Lambda's Kinesis events
+(``lambda_event``). With ``malformed="fail_record"`` a malformed aggregate does not stop the run:
+it stays one record, its raw bytes, listed in ``failures`` with the reason, so the source can
+dead-letter it and Lambda can report or dead-letter it like any other failed record.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import NamedTuple
+from collections.abc import Sequence
+from itertools import repeat
+from operator import itemgetter
+from typing import Literal, NamedTuple
 
 __all__ = [
     "MAGIC",
+    "Expanded",
     "KplDecodeError",
+    "Malformed",
     "UserRecords",
+    "any_aggregated",
     "effective_hash_key",
+    "expand",
     "is_aggregated",
     "unpack",
 ]
@@ -78,6 +91,98 @@ class UserRecords(NamedTuple):
     sub_sequence_numbers: list[int]
     # User records dropped because their effective hash key is outside the shard's range.
     dropped: int
+
+
+Malformed = Literal["raise", "fail_record"]
+"""What :func:`expand` does with a malformed aggregate: raise KplDecodeError, or keep it as one failed record."""
+
+
+class Expanded(NamedTuple):
+    """The user records of a run of Kinesis records, in order, as columns (index i: user record i)."""
+
+    payloads: list[bytes]
+    sequence_numbers: list[str]
+    """The Kinesis record's sequence number, repeated for each of its user records."""
+    sub_sequence_numbers: list[int]
+    partition_keys: list[str]
+    explicit_hash_keys: list[str | None]
+    counts: list[int]
+    """Per Kinesis record: how many user records it became (0 when all were dropped), for ``np.repeat``
+    of per-record columns such as the arrival time."""
+    aggregated: list[bool]
+    """Per Kinesis record: whether it was expanded from an aggregate."""
+    dropped: int
+    """User records dropped because their effective hash key is outside the shard's range."""
+    failures: dict[int, str]
+    """``fail_record`` mode: user-record index -> reason, for malformed aggregates kept as one record."""
+
+
+_first_byte = itemgetter(0)
+
+
+def any_aggregated(payloads: Sequence[bytes]) -> bool:
+    """Whether any payload starts with the KPL magic: the cheap test that lets a run skip :func:`expand`."""
+    try:
+        # One int per record first: ~2x cheaper than bytes.startswith(MAGIC) per record.
+        if MAGIC[0] not in map(_first_byte, payloads):
+            return False
+    except IndexError:
+        pass  # an empty payload somewhere: fall through to the exact scan
+    return any(map(bytes.startswith, payloads, repeat(MAGIC)))
+
+
+def expand(
+    payloads: Sequence[bytes],
+    sequence_numbers: Sequence[str],
+    partition_keys: Sequence[str],
+    hash_range: tuple[int, int] | None = None,
+    *,
+    malformed: Malformed = "raise",
+) -> Expanded:
+    """Expand every aggregated record of a run into its user records; plain records pass through.
+
+    ``hash_range`` filters user records as :func:`unpack` does. A malformed aggregate raises
+    KplDecodeError (``malformed="raise"``) or stays one record listed in ``failures``
+    (``malformed="fail_record"``), so one producer fault does not stop the records around it.
+    """
+    # Local lists, not the tuple's attributes: this loop runs once per Kinesis record.
+    out_payloads: list[bytes] = []
+    out_sequences: list[str] = []
+    out_subs: list[int] = []
+    out_keys: list[str] = []
+    out_ehks: list[str | None] = []
+    counts: list[int] = []
+    aggregated: list[bool] = []
+    failures: dict[int, str] = {}
+    dropped = 0
+    for payload, sequence, key in zip(payloads, sequence_numbers, partition_keys, strict=True):
+        users = None
+        if payload.startswith(MAGIC):
+            try:
+                users = unpack(payload, sequence, hash_range)
+            except KplDecodeError as exc:
+                if malformed == "raise":
+                    raise
+                failures[len(out_payloads)] = str(exc)
+        if users is None:
+            out_payloads.append(payload)
+            out_sequences.append(sequence)
+            out_subs.append(0)
+            out_keys.append(key)
+            out_ehks.append(None)
+            counts.append(1)
+            aggregated.append(False)
+            continue
+        kept = len(users.payloads)
+        out_payloads.extend(users.payloads)
+        out_sequences.extend(repeat(sequence, kept))
+        out_subs.extend(users.sub_sequence_numbers)
+        out_keys.extend(users.partition_keys)
+        out_ehks.extend(users.explicit_hash_keys)
+        counts.append(kept)
+        aggregated.append(True)
+        dropped += users.dropped
+    return Expanded(out_payloads, out_sequences, out_subs, out_keys, out_ehks, counts, aggregated, dropped, failures)
 
 
 def effective_hash_key(partition_key: str, explicit_hash_key: str | None) -> int:

@@ -22,24 +22,23 @@ import datetime as dt
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import structlog
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+from streamkit.batch import Partition, RecordBatch
 from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import (
     ChildShard,
     DeaggregatedRecords,
     DecodedRecords,
-    KplDecodeError,
     as_user_records,
     deaggregate,
 )
 from streamkit.connectors.kinesis.positions import BatchPositions, KinesisPosition
-
-from streamkit.batch import Partition, RecordBatch
 from streamkit.retry import RetryPolicy
 from streamkit.source import PartitionReader, SourceBatch
 
@@ -126,8 +125,10 @@ class ShardReader(PartitionReader):
         on_end: Callable[[list[ChildShard]], Awaitable[None]],
         on_lag: Callable[[int | None], None] | None = None,
         totals: Counter[str] | None = None,
+        shard_id: str | None = None,
     ) -> None:
         super().__init__(partition)
+        self._shard_id = shard_id  # the partition key is the lease key: with several streams, prefix + shard id
         self.client = client
         self.stream = stream
         self.start = start
@@ -154,7 +155,7 @@ class ShardReader(PartitionReader):
 
     @property
     def shard_id(self) -> str:
-        return self.partition.key
+        return self._shard_id or self.partition.key
 
     async def finished(self) -> None:
         await self._on_end(self.child_shards)
@@ -286,11 +287,10 @@ class ShardReader(PartitionReader):
     def _user_records(self, decoded: DecodedRecords) -> tuple[DeaggregatedRecords, dict[int, str]]:
         if not self.settings.deaggregate:
             return as_user_records(decoded), {}
-        failed: dict[int, str] = {}
-        try:
-            users = deaggregate(decoded, self.hash_range)
-        except KplDecodeError:
-            users, failed = _deaggregate_each(decoded, self.hash_range)
+        # A malformed aggregate is passed on as one failed record (it goes to the dead-letter queue with
+        # the reason) instead of stopping the shard.
+        users = deaggregate(decoded, self.hash_range, malformed="fail_record")
+        failed = users.failures
         if users.dropped:
             self.kpl_dropped += users.dropped
             if self._totals is not None:
@@ -326,49 +326,6 @@ class ShardReader(PartitionReader):
         )
         self.last_delivered = KinesisPosition(seqs[n - 1], int(subs[n - 1]))
         return SourceBatch(batch, positions, failed or None)
-
-
-def _single(decoded: DecodedRecords, i: int) -> DecodedRecords:
-    return replace(
-        decoded,
-        payloads=decoded.payloads[i : i + 1],
-        sequence_numbers=decoded.sequence_numbers[i : i + 1],
-        partition_keys=decoded.partition_keys[i : i + 1],
-        arrival_ms=decoded.arrival_ms[i : i + 1],
-    )
-
-
-def _deaggregate_each(
-    decoded: DecodedRecords, hash_range: tuple[int, int] | None
-) -> tuple[DeaggregatedRecords, dict[int, str]]:
-    """Slow path after a malformed aggregate: deaggregate record by record; a bad aggregate is passed on as
-    one failed record (it goes to the dead-letter queue with the reason) instead of stopping the shard."""
-    parts: list[DeaggregatedRecords] = []
-    failed: dict[int, str] = {}
-    offset = 0
-    for i in range(len(decoded)):
-        one = _single(decoded, i)
-        try:
-            part = deaggregate(one, hash_range)
-        except KplDecodeError as exc:
-            part = as_user_records(one)
-            failed[offset] = f"malformed KPL aggregated record: {exc}"
-        parts.append(part)
-        offset += len(part.payloads)
-    return _concat(parts), failed
-
-
-def _concat(parts: list[DeaggregatedRecords]) -> DeaggregatedRecords:
-    return DeaggregatedRecords(
-        payloads=[p for part in parts for p in part.payloads],
-        sequence_numbers=[s for part in parts for s in part.sequence_numbers],
-        sub_sequence_numbers=np.concatenate([p.sub_sequence_numbers for p in parts]),
-        partition_keys=[k for part in parts for k in part.partition_keys],
-        explicit_hash_keys=[e for part in parts for e in part.explicit_hash_keys],
-        arrival_ms=np.concatenate([p.arrival_ms for p in parts]),
-        aggregated=np.concatenate([p.aggregated for p in parts]),
-        dropped=sum(p.dropped for p in parts),
-    )
 
 
 def _select(users: DeaggregatedRecords, keep: np.ndarray[Any, np.dtype[np.bool_]]) -> DeaggregatedRecords:

@@ -19,6 +19,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import structlog
+
+from streamkit.batch import Partition
+from streamkit.checkpoint import CheckpointStore
+from streamkit.config import AwsSettings, PositiveInt, PositiveSeconds, Size
 from streamkit.connectors.dynamodb import (
     SHARD_END,
     Lease,
@@ -34,11 +38,9 @@ from streamkit.connectors.kinesis.decode import ChildShard
 from streamkit.connectors.kinesis.efo import FanOut, FanOutOptions
 from streamkit.connectors.kinesis.positions import KinesisPosition, checkpoint_for, parse_checkpoint
 from streamkit.connectors.kinesis.reader import ReadSettings, ShardReader, StartAt
-
-from streamkit.batch import Partition
-from streamkit.checkpoint import CheckpointStore
-from streamkit.config import AwsSettings, PositiveInt, PositiveSeconds, Size
+from streamkit.connectors.kinesis.streams import ConfiguredStream, StreamOptions, describe_stream, stream_name_of
 from streamkit.errors import CheckpointDeferred, CheckpointRejected, ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.retry import RetryPolicy
 from streamkit.share import process_share
 from streamkit.source import PartitionHost, Source
@@ -47,7 +49,14 @@ log = structlog.get_logger("streamkit.kinesis")
 
 
 class KinesisSourceOptions(msgspec.Struct, forbid_unknown_fields=True):
-    stream: str
+    stream: str | None = None
+    """The stream to read, by name or ARN (single-stream lease keys: the shard id, as the KCL)."""
+    role_arn: str | None = None
+    """IAM role to assume to read ``stream`` (another account's stream; give ``stream`` as an ARN)."""
+    streams: list[StreamOptions] | None = None
+    """Several streams in one lease table and one balance, instead of ``stream``; lease keys are the KCL's
+    multi-stream keys ``account:stream:creationEpoch:shardId``. A stream removed from this list is no longer
+    read, and its leases are left as they are."""
     initial_position: Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"] = "TRIM_HORIZON"
     initial_timestamp: str | None = None
     """ISO 8601, required with AT_TIMESTAMP."""
@@ -71,6 +80,9 @@ class KinesisSourceOptions(msgspec.Struct, forbid_unknown_fields=True):
     """Poll interval once a shard is at its tip."""
     shard_sync_interval_s: PositiveSeconds = 30.0
     """How often new shards (after resharding) are discovered."""
+    finished_lease_retention_s: Annotated[float, msgspec.Meta(ge=0, le=30 * 86_400)] | None = 300.0
+    """Delete a finished (SHARD_END) lease this long after every child shard started (the KCL's lease
+    clean-up); null keeps finished leases."""
     deaggregate: bool = True
     retry: RetryPolicy = RetryPolicy(max_elapsed_s=0, base_delay_s=0.2, max_delay_s=10.0)
     """Kinesis and lease-table calls are retried until shutdown by default (max_elapsed_s 0): a stream
@@ -80,7 +92,35 @@ class KinesisSourceOptions(msgspec.Struct, forbid_unknown_fields=True):
     efo: FanOutOptions = msgspec.field(default_factory=FanOutOptions)
 
 
+def _stream_options(options: KinesisSourceOptions, where: str) -> list[StreamOptions]:
+    """The configured streams; exactly one of ``stream`` and ``streams``."""
+    if options.streams is not None:
+        if options.stream is not None or options.role_arn is not None:
+            raise ConfigError(f"{where}.streams", "give either stream (and role_arn) or streams, not both")
+        if not options.streams:
+            raise ConfigError(f"{where}.streams", "must list at least one stream")
+        seen: set[str] = set()
+        for index, entry in enumerate(options.streams):
+            if not entry.stream:
+                raise ConfigError(f"{where}.streams[{index}].stream", "must not be empty")
+            # Same-named streams of different accounts are different streams (their lease keys differ by
+            # account); the same name or ARN twice is a mistake.
+            if entry.stream in seen:
+                raise ConfigError(f"{where}.streams[{index}].stream", f"{entry.stream!r} is listed twice")
+            seen.add(entry.stream)
+        return list(options.streams)
+    if not options.stream:
+        raise ConfigError(f"{where}.stream", "required (or streams: a list of several)")
+    return [StreamOptions(options.stream, role_arn=options.role_arn)]
+
+
 def _validate(options: KinesisSourceOptions, where: str) -> None:
+    _stream_options(options, where)
+    if options.consumer == "efo" and options.streams is not None:
+        # The fan-out consumer is registered on one stream, with the worker's own credentials.
+        raise ConfigError(f"{where}.consumer", "efo reads one stream: use stream: (not streams:) with consumer: efo")
+    if options.consumer == "efo" and options.role_arn is not None:
+        raise ConfigError(f"{where}.role_arn", "not supported with consumer: efo yet (polling only)")
     if options.initial_position == "AT_TIMESTAMP" and not options.initial_timestamp:
         raise ConfigError(f"{where}.initial_timestamp", "required with initial_position AT_TIMESTAMP")
     if options.initial_timestamp:
@@ -132,11 +172,14 @@ class LeaseCheckpointStore(CheckpointStore):
 class KinesisSource(Source):
     Options = KinesisSourceOptions
 
-    def __init__(self, options: KinesisSourceOptions, env: Any) -> None:
-        _validate(options, getattr(env, "where", "source") or "source")
+    def __init__(self, options: KinesisSourceOptions, env: PluginEnv) -> None:
+        self.where = env.where or "source"
+        _validate(options, self.where)
         self.options = options
         self.aws: AwsSettings = env.aws
-        self.name = f"kinesis:{options.stream}"
+        self.stream_options = _stream_options(options, self.where)
+        self.multi_stream = options.streams is not None
+        self.name = "kinesis:" + ",".join(stream_name_of(entry.stream) for entry in self.stream_options)
         self.table_name = options.lease_table or f"{env.pipeline}-leases"
         self.worker_id = options.worker_id or default_worker_id()
         share = process_share()
@@ -153,6 +196,9 @@ class KinesisSource(Source):
         )
         self.coordinator: LeaseCoordinator | None = None
         self.kinesis: KinesisClient | None = None
+        """The client of the first stream (the only one with ``stream``)."""
+        self.streams: list[ConfiguredStream] = []
+        """The configured streams, resolved by start()."""
         self.fan_out: FanOut | None = None
         """The enhanced fan-out consumer and its subscription client (``consumer: efo``), once started."""
         self.dynamodb: Any = None
@@ -178,16 +224,16 @@ class KinesisSource(Source):
     async def start(self, store: CheckpointStore) -> None:
         from aiobotocore.session import get_session
 
-        self.kinesis = await self._stack.enter_async_context(KinesisClient(self.aws))
         try:
-            await self.kinesis.client.describe_stream_summary(StreamName=self.options.stream)
-        except Exception as exc:
+            await self._open_streams()
+        except BaseException:
             await self._stack.aclose()
-            raise ConfigError("source.stream", f"cannot read stream {self.options.stream!r}: {exc}") from None
+            raise
+        self.kinesis = self.streams[0].client
         if self.options.consumer == "efo":
             try:
                 self.fan_out = await FanOut.start(
-                    self._stack, self.aws, self.kinesis, self.options.stream, self.options.efo, self.table_name
+                    self._stack, self.aws, self.kinesis, self.streams[0].stream, self.options.efo, self.table_name
                 )
             except BaseException:
                 await self._stack.aclose()
@@ -207,21 +253,72 @@ class KinesisSource(Source):
             graceful_handoff=opts.graceful_handoff,
             on_handoff=self._hand_off,
             initial_position=opts.initial_position,
+            lease_key_prefix=self.streams[0].lease_key_prefix,
+            lease_key_prefixes=[s.lease_key_prefix for s in self.streams] if self.multi_stream else None,
+            finished_lease_retention=opts.finished_lease_retention_s,
         )
         try:
             await table.ensure_exists()
-            multi_stream = [lease.lease_key for lease in await table.list_leases() if ":" in lease.lease_key]
-            if multi_stream:
-                raise ConfigError(
-                    "source.lease_table",
-                    f"{self.table_name!r} is a KCL multi-stream lease table (lease keys such as "
-                    f"{multi_stream[0]!r}); streamkit reads one stream per table: give this source a table of its own",
-                )
-            await self._sync_shards()
+            self._check_table_mode(await table.list_leases())
+            await self._sync_shards(raise_errors=True)
         except BaseException:
             await self._stack.aclose()  # the runtime does not close a source whose start failed
             raise
-        log.info("kinesis source started", stream=opts.stream, lease_table=self.table_name, worker=self.worker_id)
+        log.info(
+            "kinesis source started",
+            streams=[s.stream for s in self.streams],
+            lease_table=self.table_name,
+            worker=self.worker_id,
+        )
+
+    async def _open_streams(self) -> None:
+        """One Kinesis client per role (the default chain's, and each role_arn's), then every stream described:
+        a stream that cannot be read fails start-up, naming its setting."""
+        from streamkit.connectors.assume_role import assumed_role_session
+
+        clients: dict[tuple[str | None, str | None], KinesisClient] = {}
+        for index, entry in enumerate(self.stream_options):
+            where = f"{self.where}.streams[{index}]" if self.multi_stream else self.where
+            role = (entry.role_arn, entry.external_id)
+            if role not in clients:
+                session = None
+                if entry.role_arn is not None:
+                    try:
+                        session = assumed_role_session(self.aws, entry.role_arn, external_id=entry.external_id)
+                    except ValueError as exc:
+                        raise ConfigError(f"{where}.role_arn", str(exc)) from None
+                clients[role] = await self._stack.enter_async_context(KinesisClient(self.aws, session=session))
+            try:
+                stream = await describe_stream(clients[role], entry.stream, multi_stream=self.multi_stream)
+            except Exception as exc:
+                through = f" as {entry.role_arn}" if entry.role_arn else ""
+                raise ConfigError(f"{where}.stream", f"cannot read stream {entry.stream!r}{through}: {exc}") from None
+            if any(known.arn == stream.arn for known in self.streams):
+                raise ConfigError(f"{where}.stream", f"{stream.arn} is listed twice (by name and by ARN)")
+            self.streams.append(stream)
+
+    def _check_table_mode(self, leases: list[Lease]) -> None:
+        """Single-stream and multi-stream lease keys do not mix: the same shard would get two leases."""
+        if self.multi_stream:
+            single = [lease.lease_key for lease in leases if ":" not in lease.lease_key]
+            if single:
+                raise ConfigError(
+                    f"{self.where}.lease_table",
+                    f"{self.table_name!r} holds single-stream leases (such as {single[0]!r}) and this source reads "
+                    "several streams (KCL multi-stream keys): give it a table of its own, or use stream: instead",
+                )
+            return
+        multi_stream = [lease.lease_key for lease in leases if ":" in lease.lease_key]
+        if multi_stream:
+            raise ConfigError(
+                f"{self.where}.lease_table",
+                f"{self.table_name!r} is a KCL multi-stream lease table (lease keys such as "
+                f"{multi_stream[0]!r}) and this source reads one stream: list it under streams: to use this table, "
+                "or give this source a table of its own",
+            )
+
+    def _stream_of(self, lease_key: str) -> ConfiguredStream | None:
+        return next((stream for stream in self.streams if stream.owns(lease_key)), None)
 
     async def run(self, host: PartitionHost, stop: asyncio.Event) -> None:
         assert self.coordinator is not None
@@ -302,7 +399,10 @@ class KinesisSource(Source):
         self._readers.pop(lease_key, None)
 
     def _reader_for(self, lease: Lease) -> ShardReader | None:
-        assert self.kinesis is not None
+        stream = self._stream_of(lease.lease_key)
+        if stream is None:  # the coordinator only hands out configured streams' leases; be safe anyway
+            log.warning("lease of a stream this source does not read; ignored", lease_key=lease.lease_key)
+            return None
         checkpoint = lease.checkpoint or self.options.initial_position
         if checkpoint == SHARD_END:
             return None
@@ -314,7 +414,7 @@ class KinesisSource(Source):
         if self.fan_out is not None:
             return self.fan_out.reader(
                 partition,
-                self.options.stream,
+                stream.stream,
                 start,
                 self.settings,
                 hash_range=hash_range,
@@ -324,14 +424,15 @@ class KinesisSource(Source):
             )
         return ShardReader(
             partition,
-            self.kinesis,
-            self.options.stream,
+            stream.client,
+            stream.stream,
             start,
             self.settings,
             hash_range=hash_range,
             on_end=lambda children: self._shard_ended(lease.lease_key, children),
             on_lag=lambda ms: self._lag(partition, ms),
             totals=self.read_counts,
+            shard_id=stream.shard_id(lease.lease_key) if stream.lease_key_prefix else None,
         )
 
     def _start_at(self, checkpoint: str, sub_sequence: int) -> StartAt:
@@ -384,20 +485,29 @@ class KinesisSource(Source):
         log.info("shard ended", shard=lease_key, children=[c.shard_id for c in children])
 
     # -- shard discovery -------------------------------------------------------------------------
-    async def _sync_shards(self) -> None:
-        assert self.kinesis is not None and self.coordinator is not None
-        shards = await self.kinesis.list_shards(self.options.stream)
-        created = await self.coordinator.sync_shards([ShardInfo.from_list_shards(s) for s in shards])
-        if created:
-            log.info("leases created for shards", shards=created)
+    async def _sync_shards(self, *, raise_errors: bool = False) -> None:
+        """Create the leases of new shards, stream by stream: one stream failing does not hold up the others."""
+        assert self.coordinator is not None
+        for stream in self.streams:
+            try:
+                shards = await stream.client.list_shards(stream.stream)
+                infos = [ShardInfo.from_list_shards(s) for s in shards]
+                if stream.lease_key_prefix:
+                    created = await self.coordinator.sync_shards(infos, prefix=stream.lease_key_prefix)
+                else:  # single-stream: the coordinator's own (empty) prefix
+                    created = await self.coordinator.sync_shards(infos)
+            except Exception as exc:  # discovery retries at the next interval; reading goes on meanwhile
+                if raise_errors:
+                    raise
+                log.warning("shard discovery failed; retrying later", stream=stream.stream, error=repr(exc))
+                continue
+            if created:
+                log.info("leases created for shards", stream=stream.stream, shards=created)
 
     async def _shard_sync_loop(self) -> None:
         while True:
             await asyncio.sleep(self.options.shard_sync_interval_s)
-            try:
-                await self._sync_shards()
-            except Exception as exc:  # discovery retries at the next interval; reading goes on meanwhile
-                log.warning("shard discovery failed; retrying later", stream=self.options.stream, error=repr(exc))
+            await self._sync_shards()
 
     # -- metrics ---------------------------------------------------------------------------------
     def _lag(self, partition: Partition, millis_behind: int | None) -> None:

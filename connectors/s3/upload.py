@@ -30,6 +30,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 import structlog
 from botocore.exceptions import ClientError
+
 from streamkit.connectors.aws_clients import (
     SDK_ERRORS,
     THROTTLING_CODES,
@@ -39,7 +40,6 @@ from streamkit.connectors.aws_clients import (
     is_access_error,
     is_transient,
 )
-
 from streamkit.errors import SinkError
 from streamkit.retry import RetryPolicy
 

@@ -1,11 +1,11 @@
 """The Lambda consumer: one event loop, one started pipeline per execution environment, one call per event.
 
 Each invocation decodes the event into one batch per shard or Kafka partition and runs it, in order and in
-chunks, through the pipeline's processors and sinks with the same acknowledgement tickets as the long-lived
-runtime: a record counts as done only when every sink it was routed to confirmed it (or the dead-letter
-queue wrote it, or a processor dropped it). Sinks are flushed before the handler returns, and the response
-names, per partition, the first record that is not done: Lambda checkpoints just before it and redelivers
-everything from it.
+chunks, through the same dispatch step as the long-lived runtime (:class:`~streamkit.dispatch.Dispatch`:
+processors, routing to sinks, dead-lettering, acknowledgement tickets): a record counts as done only when
+every sink it was routed to confirmed it (or the dead-letter queue wrote it, or a processor dropped it).
+Sinks are flushed before the handler returns, and the response names, per partition, the first record that
+is not done: Lambda checkpoints just before it and redelivers everything from it.
 
 The event loop outlives the invocation on purpose. aiobotocore clients (and the asyncio primitives inside
 sinks) are bound to the loop they were first used on, so the loop made at cold start runs every invocation
@@ -24,10 +24,12 @@ import structlog
 from streamkit.acks import AckTicket, PartitionTracker
 from streamkit.aws_lambda.events import EventPartition, decode_event
 from streamkit.aws_lambda.pipeline import LambdaOptions, PipelineSpec, load, resolve_record_errors
-from streamkit.batch import BoolArray, Partition, RecordBatch
+from streamkit.batch import BoolArray, RecordBatch
+from streamkit.chain import Chain
 from streamkit.deadletter import DeadLetterQueue
+from streamkit.dispatch import Dispatch
 from streamkit.emf import EmfReporter
-from streamkit.processor import Chain, Failure
+from streamkit.processor import Failure
 from streamkit.runtime import Pipeline, tune_gc
 from streamkit.sink import BufferOptions, Sink
 
@@ -46,7 +48,8 @@ class LambdaApp:
         # fail_fast is honoured as on_record_error=retry; the chain itself must report failed records
         # one by one, so the handler knows which record to name in the response.
         self.chain = Chain(pipeline.chain.processors, fail_fast=False)
-        self.sinks: list[Sink] = [route.sink for route in pipeline.routes]
+        self.dispatch = Dispatch(self.chain, pipeline.routes, pipeline.dead_letters, pipeline.metrics)
+        self.sinks: list[Sink] = self.dispatch.sinks
         self.held = _HeldRejections() if self.options.on_sink_reject == "retry" else None
         for route in pipeline.routes:
             route.sink.bind(route.name, self.held if self.held is not None else pipeline.dead_letters, pipeline.metrics)
@@ -101,27 +104,16 @@ class LambdaApp:
     async def _start(self) -> None:
         if self.pipeline.settings.gc_tuning:
             tune_gc()
-        if self.pipeline.dead_letters is not None:
-            await self.pipeline.dead_letters.start()
-        for sink in self.sinks:
-            await sink.start()
+        await self.dispatch.start()
 
     async def _close(self) -> None:
-        for sink in self.sinks:
-            try:
-                await sink.close()
-            except Exception:
-                log.exception("sink close failed", sink=sink.name)
-        if self.pipeline.dead_letters is not None:
-            await self.pipeline.dead_letters.close()
+        await self.dispatch.close()
 
     # -- one invocation --------------------------------------------------------------------------
     async def _invoke(self, event: Mapping[str, Any], deadline: _Deadline) -> Response:
         runs = [_PartitionRun(part, self.options) for part in decode_event(event, deaggregate=self.options.deaggregate)]
         stop = asyncio.Event()
-        background = [asyncio.ensure_future(sink.run(stop)) for sink in self.sinks]
-        if self.pipeline.dead_letters is not None:
-            background.append(asyncio.ensure_future(self.pipeline.dead_letters.run(stop)))
+        background = [asyncio.ensure_future(runner) for _, runner in self.dispatch.runners(stop)]
         try:
             await self._process(runs, deadline)
         finally:
@@ -135,14 +127,8 @@ class LambdaApp:
             # The event's partitions go back to the event source mapping: whatever a sink still holds of
             # them (records a failed or cut-off flush left, writes in flight, write errors) is dropped, so
             # the next invocation starts with clean sinks. Those records are reported, hence redelivered.
-            await self._revoke([run.part.partition for run in runs])
+            await self.dispatch.revoke([run.part.partition for run in runs])
         return response
-
-    async def _revoke(self, partitions: list[Partition]) -> None:
-        for sink in self.sinks:
-            await sink.revoke(partitions)
-        if self.pipeline.dead_letters is not None:
-            await self.pipeline.dead_letters.revoke(partitions)
 
     async def _process(self, runs: list[_PartitionRun], deadline: _Deadline) -> None:
         chunk = self.options.chunk_records
@@ -161,11 +147,9 @@ class LambdaApp:
 
     async def _process_chunk(self, run: _PartitionRun, start: int, end: int) -> None:
         batch, failures = _split_undecodable(run.part, start, end)
-        outputs: list[RecordBatch] = []
         try:
-            if len(batch):
-                outputs, chain_failures = await self.chain.run(batch)
-                failures.extend(chain_failures)
+            outputs, chain_failures = await self.dispatch.process(batch)
+            failures.extend(chain_failures)
         except Exception:
             # A processor raised instead of reporting records: nothing of this chunk is trusted.
             log.exception("processor chain raised; the chunk is reported for retry", partition=str(batch.partition))
@@ -178,56 +162,20 @@ class LambdaApp:
                 failures = []
             else:
                 blocked = run.block([], start, end)
-        await self._route(outputs, blocked, start)
-        for failure in failures:
-            await self._dead_letter(failure, blocked, start)
-        if failures:
-            _log_failures(failures, "records dead-lettered")
+        if blocked is not None:
+            # Records held back by the ordering rule are redelivered: neither written nor dead-lettered now.
+            outputs = [kept for out in outputs if len(kept := out.select(~blocked[out.origin - start]))]
+            failures = _unblocked(failures, blocked, start)
+        await self.dispatch.deliver(run.ticket, self.dispatch.deliveries(outputs), failures)
         # Release the processing hold of every record that was dealt with; a blocked record keeps it, so it
         # stays unfinished and the response can name it.
         done = np.arange(start, end, dtype=np.int64)
         run.ticket.ack(done if blocked is None else done[~blocked])
 
-    async def _route(self, outputs: list[RecordBatch], blocked: BoolArray | None, start: int) -> None:
-        for out in outputs:
-            if blocked is not None:
-                out = out.select(~blocked[out.origin - start])
-            if not len(out):
-                continue
-            for route in self.pipeline.routes:
-                sub = out if route.predicate is None else out.select(route.predicate(out))
-                if len(sub):
-                    assert sub.ticket is not None
-                    sub.ticket.hold(sub.origin, sub.origin_unique)
-                    await route.sink.submit(sub)
-
-    async def _dead_letter(self, failure: Failure, blocked: BoolArray | None, start: int) -> None:
-        dlq = self.pipeline.dead_letters
-        assert dlq is not None  # resolve_record_errors guarantees it in dead_letter mode
-        batch = failure.batch
-        if blocked is not None:
-            # A record held back by the ordering rule is redelivered, so it is not dead-lettered now.
-            batch = batch.select(~blocked[batch.origin - start])
-            if not len(batch):
-                return
-            failure = Failure(batch, failure.reason, failure.stage, failure.attempts)
-        if batch.ticket is not None:
-            batch.ticket.hold(batch.origin, batch.origin_unique)
-        self.pipeline.metrics.dead_lettered(batch.partition, len(batch))
-        await dlq.submit(failure)
-
     async def _flush(self, deadline: _Deadline) -> None:
         try:
             async with asyncio.timeout(deadline.flush_budget_s()):
-                for outcome in await asyncio.gather(*(s.flush() for s in self.sinks), return_exceptions=True):
-                    if isinstance(outcome, Exception):
-                        log.error("sink flush failed; its unconfirmed records are reported", error=repr(outcome))
-                # After the sinks: their rejections may have gone to the dead-letter queue.
-                if self.pipeline.dead_letters is not None:
-                    try:
-                        await self.pipeline.dead_letters.flush()
-                    except Exception as exc:
-                        log.error("dead-letter write failed; those records are reported", error=repr(exc))
+                await self.dispatch.flush(_log_flush_error)
         except TimeoutError:
             log.warning("flush did not finish before the deadline; unconfirmed records are reported")
 
@@ -336,6 +284,25 @@ def _split_undecodable(part: EventPartition, start: int, end: int) -> tuple[Reco
     mask[[i for i, _ in bad]] = False
     failures = [Failure(batch.take([i]), reason, "source:lambda") for i, reason in bad]
     return batch.select(mask), failures
+
+
+def _unblocked(failures: list[Failure], blocked: BoolArray, start: int) -> list[Failure]:
+    """The failures without the records the ordering rule holds back (``blocked``, indexed from ``start``)."""
+    kept = []
+    for failure in failures:
+        batch = failure.batch.select(~blocked[failure.batch.origin - start])
+        if len(batch) == len(failure.batch):
+            kept.append(failure)
+        elif len(batch):
+            kept.append(Failure(batch, failure.reason, failure.stage, failure.attempts))
+    return kept
+
+
+def _log_flush_error(component: str, error: Exception) -> None:
+    if component == "sink":
+        log.error("sink flush failed; its unconfirmed records are reported", error=repr(error))
+    else:
+        log.error("dead-letter write failed; those records are reported", error=repr(error))
 
 
 def _log_failures(failures: list[Failure], message: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
+
 from streamkit.connectors.dynamodb import (
     LATEST,
     OWNER_INDEX_NAME,
@@ -30,7 +31,6 @@ from streamkit.connectors.dynamodb import (
     LeaseTableError,
     ShardInfo,
 )
-
 from streamkit.localstack import MotoServer
 from streamkit.retry import RetryPolicy
 

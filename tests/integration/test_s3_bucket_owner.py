@@ -13,10 +13,10 @@ from typing import Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
-from streamkit.connectors.s3.sink import S3Sink
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import Partition
+from streamkit.connectors.s3.sink import S3Sink
 from streamkit.errors import ConfigError
 from streamkit.localstack import MotoServer
 from tests.helpers import modelled_response

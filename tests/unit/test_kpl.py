@@ -14,8 +14,17 @@ import orjson
 import pytest
 from aws_kinesis_agg import messages_pb2  # importable only after the modules above fix sys.path
 from google.protobuf.message import DecodeError
+
 from streamkit.connectors.kinesis.decode import DeaggregatedRecords, deaggregate, decode_get_records
-from streamkit.connectors.kinesis.kpl import MAGIC, KplDecodeError, effective_hash_key, is_aggregated, unpack
+from streamkit.connectors.kinesis.kpl import (
+    MAGIC,
+    KplDecodeError,
+    any_aggregated,
+    effective_hash_key,
+    expand,
+    is_aggregated,
+    unpack,
+)
 
 _MAX_HASH = 2**128 - 1
 
@@ -416,3 +425,30 @@ def test_random_corruptions_agree_with_protobuf() -> None:
             )
             agreed += 1
     assert agreed > 100 and raised > 100
+
+
+def test_fail_record_mode_keeps_a_malformed_aggregate_as_one_failed_record_and_goes_on() -> None:
+    # The one deaggregation loop serves the Kinesis source and Lambda's Kinesis events; in this mode a
+    # producer fault costs one record (dead-lettered or reported with the reason), not the shard.
+    seq = "49590338271490256608559692538361571095921575989136588898"
+    good = _framed(_PK + _key(3, 2) + b"\x05" + _key(1, 0) + b"\x00" + _key(3, 2) + b"\x01x")
+    broken = _framed(_PK + _key(3, 2) + b"\x02" + _key(1, 0) + b"\x80")
+    decoded = decode_get_records(_body([("1", "a", good), (seq, "b", broken), ("3", "c", b"plain")]))
+    users = deaggregate(decoded, malformed="fail_record")
+    assert users.payloads == [b"x", broken, b"plain"]
+    assert users.sequence_numbers == ["1", seq, "3"]
+    assert users.aggregated.tolist() == [True, False, False]
+    [(index, reason)] = users.failures.items()
+    assert index == 1 and seq in reason and "malformed KPL aggregated record" in reason
+    with pytest.raises(KplDecodeError, match=seq):
+        deaggregate(decoded)  # the default mode still raises
+
+
+def test_expand_counts_user_records_per_kinesis_record_for_per_record_columns() -> None:
+    two = _framed(_PK + (_key(3, 2) + b"\x05" + _key(1, 0) + b"\x00" + _key(3, 2) + b"\x01x") * 2)
+    users = expand([b"p", two, b"q"], ["1", "2", "3"], ["k1", "k2", "k3"])
+    assert users.counts == [1, 2, 1]
+    assert users.sub_sequence_numbers == [0, 0, 1, 0]
+    assert users.sequence_numbers == ["1", "2", "2", "3"]
+    assert users.failures == {}
+    assert any_aggregated([b"p", two]) and not any_aggregated([b"p", b"", b"q"])

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import subprocess
+import sys
 from typing import Any
 
 import aws_kinesis_agg.aggregator as agg
 import numpy as np
 import pytest
-from streamkit.connectors.kinesis.kpl import MAGIC
 
-from streamkit.aws_lambda.events import EventFormatError, decode_event
+from streamkit.aws_lambda.events import EventFormatError, decode_event, decoder_for
 from streamkit.batch import Partition
+from streamkit.connectors.kafka.lambda_event import decode_kafka_event
+from streamkit.connectors.kinesis.kpl import MAGIC
+from streamkit.connectors.kinesis.lambda_event import decode_kinesis_event
+from streamkit.plugins import available
 
 STREAM_ARN = "arn:aws:kinesis:us-east-2:123456789012:stream/clicks"
 SEQ = "4959033827149025660855969253836157109592157598913658"  # + 4 digits: 56 like real sequence numbers
@@ -231,3 +236,41 @@ def test_empty_events_have_no_partitions() -> None:
 def test_other_events_are_refused_with_a_clear_error(event: dict[str, Any]) -> None:
     with pytest.raises(EventFormatError, match="event"):
         decode_event(event)
+
+
+# ------------------------------------------------------------------------------------------ registry
+
+
+@pytest.mark.parametrize(
+    ("source", "decoder"),
+    [
+        ("aws:kinesis", decode_kinesis_event),
+        ("aws:kafka", decode_kafka_event),
+        ("SelfManagedKafka", decode_kafka_event),
+        ("aws:SelfManagedKafka", decode_kafka_event),
+    ],
+)
+def test_each_event_source_is_decoded_by_its_connector_through_an_entry_point(source: str, decoder: Any) -> None:
+    assert decoder_for(source) is decoder
+    assert source in {info.name for info in available("lambda_event")}
+
+
+def test_unknown_event_sources_have_no_decoder_and_the_error_lists_the_known_ones() -> None:
+    assert decoder_for("aws:sqs") is None
+    with pytest.raises(EventFormatError, match=r"aws:kinesis.*aws:kafka|aws:kafka.*aws:kinesis"):
+        decode_event({"Records": [{"eventSource": "aws:sqs", "body": "x"}]})
+
+
+def test_a_kafka_source_with_kinesis_shaped_records_is_refused() -> None:
+    with pytest.raises(EventFormatError, match="records"):
+        decode_event({"Records": [{"eventSource": "aws:kafka", "value": "eA=="}]})
+
+
+def test_the_lambda_core_imports_no_connector() -> None:
+    # The decoders are found by entry point: streamkit.aws_lambda must work without naming a connector.
+    code = (
+        "import sys, streamkit.aws_lambda.events, streamkit.aws_lambda.app; "
+        "print(sorted(m for m in sys.modules if m.startswith('streamkit.connectors')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
