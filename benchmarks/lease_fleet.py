@@ -42,7 +42,7 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 
 from streamkit.connectors.dynamodb import TRIM_HORIZON, Lease, LeaseCoordinator, LeaseTable
-from streamkit.localstack import MotoServer
+from streamkit.devtools.localstack import MotoServer
 from streamkit.log import configure as configure_logs
 
 

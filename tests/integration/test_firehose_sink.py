@@ -31,8 +31,8 @@ from streamkit.build import build_pipeline
 from streamkit.config import AwsSettings, convert, parse_config
 from streamkit.connectors.firehose import FirehoseOptions, FirehoseSink
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter
+from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import ConfigError, SinkError
-from streamkit.localstack import MotoServer
 from streamkit.plugin_env import PluginEnv
 from streamkit.runtime import Runtime
 from tests.helpers import P, modelled_response, started, ticketed, wait_for

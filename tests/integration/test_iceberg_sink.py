@@ -39,8 +39,8 @@ from streamkit.config import AwsSettings, convert, load_config, parse_config
 from streamkit.connectors.iceberg.settings import IcebergOptions
 from streamkit.connectors.iceberg.sink import IcebergSink
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter
+from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import ConfigError, SinkError
-from streamkit.localstack import MotoServer
 from streamkit.plugin_env import PluginEnv
 from streamkit.runtime import Pipeline, RunSummary, Runtime
 
@@ -602,8 +602,8 @@ def test_bench_writes_the_built_in_pipeline_through_the_iceberg_sink(tmp_path: P
 
 def test_every_bench_run_writes_a_fresh_table(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs replay the same shards: into the last run's table they would all be skipped by the ledger."""
-    from streamkit.bench import sinks
-    from streamkit.bench.runner import Bench, BenchOptions
+    from streamkit.devtools.bench import sinks
+    from streamkit.devtools.bench.runner import Bench, BenchOptions
 
     rows_before_reset: list[int] = []
     empty = sinks.RESET_BEFORE_EACH_RUN["iceberg"]

@@ -25,7 +25,7 @@ from streamkit.build import build_pipeline
 from streamkit.config import Size, parse_config
 from streamkit.connectors.kafka.source import KafkaSource
 from streamkit.connectors.local.memory_sink import MemorySink
-from streamkit.localstack import TansuBroker
+from streamkit.devtools.localstack import TansuBroker
 from streamkit.processors.avro_codec import AvroDecode
 from streamkit.runtime import Pipeline, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection

@@ -1,7 +1,7 @@
 """Enhanced fan-out (``consumer: efo``) end to end on kinesis-local, leases in moto's DynamoDB.
 
 kinesis-local sends no ``initial-response`` event, which botocore requires: every test reaches it through
-:class:`EventStreamProxy` (streamkit/localstack/efo_proxy.py), which adds that event (and the last event of a
+:class:`EventStreamProxy` (streamkit/devtools/localstack/efo_proxy.py), which adds that event (and the last event of a
 closed shard, which kinesis-local never sends), records the calls it forwards, and injects subscription
 faults (a clean end, a cut connection, a stream that stops forwarding).
 """
@@ -26,7 +26,7 @@ from streamkit.config import AwsSettings, parse_config
 from streamkit.connectors.kinesis.efo_consumer import ConsumerRegistrationError, ensure_consumer
 from streamkit.connectors.kinesis.source import KinesisSource
 from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
-from streamkit.localstack.efo_proxy import EventStreamProxy
+from streamkit.devtools.localstack.efo_proxy import EventStreamProxy
 from streamkit.runtime import Pipeline, Runtime
 from streamkit.sink import Rejection
 from tests.helpers import wait_for

@@ -38,8 +38,8 @@ from streamkit.chain import Chain
 from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.connectors.kinesis.kpl import MAGIC
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink
+from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import ConfigError
-from streamkit.localstack import MotoServer
 from streamkit.processors.json_codec import JsonDecode
 from streamkit.runtime import Pipeline, Route
 from streamkit.sink import BufferedSink, BufferOptions, Rejection

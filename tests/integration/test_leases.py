@@ -31,7 +31,7 @@ from streamkit.connectors.dynamodb import (
     LeaseTableError,
     ShardInfo,
 )
-from streamkit.localstack import MotoServer
+from streamkit.devtools.localstack import MotoServer
 from streamkit.retry import RetryPolicy
 
 FAILOVER = 0.6  # renew every 0.2 s, scan every 0.6 s

@@ -20,8 +20,8 @@ from streamkit.batch import Partition, RecordBatch
 from streamkit.build import build_pipeline
 from streamkit.config import AwsSettings, convert, parse_config
 from streamkit.connectors.s3.dead_letter import S3DeadLetter, S3DeadLetterOptions
+from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import ConfigError
-from streamkit.localstack import MotoServer
 from streamkit.plugin_env import PluginEnv
 from streamkit.processor import Failure
 from streamkit.runtime import Runtime

@@ -40,8 +40,8 @@ from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.config import AwsSettings, convert, parse_config
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter
 from streamkit.connectors.s3.sink import S3Sink, S3SinkOptions, marker_key
+from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import ConfigError, SinkError
-from streamkit.localstack import MotoServer
 from streamkit.plugin_env import PluginEnv
 from streamkit.runtime import Pipeline, Route, RunSummary, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection

@@ -11,12 +11,12 @@ import orjson
 import pybase64
 
 from streamkit.batch import RecordBatch
-from streamkit.bench.data import build_body, record_payloads
-from streamkit.bench.pipelines import build_with_source
 from streamkit.build import build_pipeline
 from streamkit.config import Size, parse_config
 from streamkit.connectors.kinesis.synthetic import SyntheticKinesisSource
 from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
+from streamkit.devtools.bench.data import build_body, record_payloads
+from streamkit.devtools.bench.pipelines import build_with_source
 from streamkit.runtime import Route, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 
