@@ -1,6 +1,6 @@
 """Kafka source throughput: streamkit against a hand-written confluent-kafka loop, same topic, same run.
 
-Starts its own Tansu broker (streamkit.localstack.TansuBroker), produces ``--records`` ~1 KB JSON records
+Starts its own Tansu broker (streamkit.devtools.localstack.TansuBroker), produces ``--records`` ~1 KB JSON records
 (the generator's click events, 10% with status "err") into a topic of ``--partitions`` partitions, then
 consumes the whole topic with both, each with a fresh consumer group, alternating for ``--rounds`` rounds:
 
@@ -38,13 +38,13 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from isal import igzip
-from streamkit.connectors.local.generator import GeneratorOptions, make_payload
-from streamkit.connectors.local.memory_sink import MemorySink
 
 from streamkit.build import build_pipeline
 from streamkit.chain import Chain
 from streamkit.config import parse_config
-from streamkit.localstack import TansuBroker
+from streamkit.connectors.local.generator import GeneratorOptions, make_payload
+from streamkit.connectors.local.memory_sink import MemorySink
+from streamkit.devtools.localstack import TansuBroker
 from streamkit.plugins import available
 from streamkit.processor import batch_processor
 from streamkit.runtime import Runtime, tune_gc

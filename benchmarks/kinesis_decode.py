@@ -30,6 +30,7 @@ import botocore.session
 import numpy as np
 import orjson
 import pybase64
+
 from streamkit.connectors.kinesis.decode import deaggregate, decode_get_records
 
 RECORDS = 10_000

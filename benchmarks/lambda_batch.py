@@ -45,10 +45,10 @@ import yaml
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.kinesis_stream_event import KinesisStreamRecord
 from isal import igzip
-from streamkit.connectors.local.generator import GeneratorOptions, make_payload
-from streamkit.connectors.local.memory_sink import MemorySink
 
 from streamkit.aws_lambda import make_handler
+from streamkit.connectors.local.generator import GeneratorOptions, make_payload
+from streamkit.connectors.local.memory_sink import MemorySink
 from streamkit.runtime import tune_gc
 
 FIELDS = ["id", "event", "user", "amount"]

@@ -40,9 +40,9 @@ from typing import Any
 
 from aiobotocore.session import get_session
 from botocore.config import Config
-from streamkit.connectors.dynamodb import TRIM_HORIZON, Lease, LeaseCoordinator, LeaseTable
 
-from streamkit.localstack import MotoServer
+from streamkit.connectors.dynamodb import TRIM_HORIZON, Lease, LeaseCoordinator, LeaseTable
+from streamkit.devtools.localstack import MotoServer
 from streamkit.log import configure as configure_logs
 
 
@@ -237,9 +237,7 @@ def _parse(argv: Sequence[str]) -> tuple[FleetSettings, bool, str | None]:
         help="a DynamoDB endpoint to use instead of starting moto (a faster stand-in; a real table costs money)",
     )
     args = parser.parse_args(argv)
-    settings = FleetSettings(
-        **{name: getattr(args, name) for name in FleetSettings.__dataclass_fields__}  # type: ignore[arg-type]
-    )
+    settings = FleetSettings(**{name: getattr(args, name) for name in FleetSettings.__dataclass_fields__})
     return settings, args.json, args.endpoint_url
 
 

@@ -21,33 +21,28 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 from isal import igzip
-from streamkit.connectors.local.generator import GeneratorOptions, make_payload
-from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
-from streamkit.connectors.local.replay import ReplaySource
-from streamkit.processors.filter import Filter
-from streamkit.processors.json_codec import JsonDecode, JsonEncode
-from streamkit.processors.project import Map
 
 from streamkit.chain import Chain
 from streamkit.checkpoint import MemoryCheckpointStore
+from streamkit.config import AwsSettings, Size
+from streamkit.connectors.local.generator import GeneratorOptions, make_payload
+from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
+from streamkit.connectors.local.replay import ReplaySource
+from streamkit.plugin_env import PluginEnv
 from streamkit.processor import Processor
+from streamkit.processors.filter import Filter
+from streamkit.processors.json_codec import JsonDecode, JsonEncode
+from streamkit.processors.project import Map
 from streamkit.runtime import Pipeline, Route, Runtime, tune_gc
 
 FIELDS = ["id", "event", "user", "amount"]
 BATCH = 1000
 SINK_RECORDS = 10_000
-
-
-class _Env:
-    where = "benchmark"
-
-    @staticmethod
-    def resolve(reference: str, where: str) -> Any:
-        raise NotImplementedError
 
 
 def payloads(n: int, partitions: int) -> dict[str, list[bytes]]:
@@ -78,7 +73,7 @@ def hand_loop(data: dict[str, list[bytes]], project: bool) -> int:
 
 
 def streamkit_run(data: dict[str, list[bytes]], project: bool) -> int:
-    env = _Env()
+    env = PluginEnv("bench", AwsSettings(), Path.cwd(), "processors")
     processors: list[Processor] = [
         JsonDecode(),
         Filter(Filter.Options(where={"field": "status", "not_equals": "err"}), env),
@@ -86,7 +81,8 @@ def streamkit_run(data: dict[str, list[bytes]], project: bool) -> int:
     if project:
         processors.append(Map(Map.Options(fields=FIELDS), env))
     processors.append(JsonEncode())
-    sink = MemorySink(MemorySinkOptions(compression="gzip", keep=False, max_records=SINK_RECORDS, max_bytes=1 << 30))
+    options = MemorySinkOptions(compression="gzip", keep=False, max_records=SINK_RECORDS, max_bytes=Size(1 << 30))
+    sink = MemorySink(options)
     pipeline = Pipeline(
         name="bench",
         source=ReplaySource(data, batch_size=BATCH),

@@ -31,6 +31,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
+
 from streamkit.connectors.s3.formats import MIN_PART_SIZE, ObjectWriter, make_writer
 
 BATCH = 500

@@ -21,9 +21,9 @@ from aiobotocore.credentials import (
 )
 from aiobotocore.session import AioSession, get_session
 from botocore.credentials import CredentialProvider
-from streamkit.connectors.aws_clients import STS_CLIENT_OPTIONS, client_config
 
 from streamkit.config import AwsSettings
+from streamkit.connectors.aws_clients import STS_CLIENT_OPTIONS, client_config
 
 __all__ = ["assumed_role_session", "role_session_name"]
 

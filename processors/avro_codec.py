@@ -24,6 +24,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Hashable
 from io import BytesIO
+from pathlib import Path
 from typing import Any, Literal
 
 import fastavro
@@ -32,6 +33,7 @@ import orjson
 
 from streamkit.batch import RecordBatch
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.processor import ProcessContext
 from streamkit.retry import RetryPolicy, retry
 
@@ -74,8 +76,8 @@ class AvroDecode:
     name = "avro.decode"
     Options = AvroDecodeOptions
 
-    def __init__(self, options: AvroDecodeOptions, env: Any) -> None:
-        where = getattr(env, "where", "") or "processors[?]"
+    def __init__(self, options: AvroDecodeOptions, env: PluginEnv) -> None:
+        where = env.where or "processors[?]"
         self.framing = options.framing
         self.registry_options = options.registry
         if options.framing == "glue" and options.registry is not None:
@@ -83,15 +85,12 @@ class AvroDecode:
         if options.registry is None and not options.schemas:
             needs = "registry or schemas" if options.framing == "confluent" else "schemas"
             raise ConfigError(f"{where}.schemas", f"framing {options.framing!r} needs {needs}")
-        path = getattr(env, "path", None)
         self._cache: dict[Hashable, ParsedSchema] = {}
         for key, file in options.schemas.items():
             schema_key = self._schema_key(key, f"{where}.schemas.{key}")
-            self._cache[schema_key] = _load_schema(path(file) if path else file, f"{where}.schemas.{key}")
+            self._cache[schema_key] = _load_schema(env.path(file), f"{where}.schemas.{key}")
         self.reader_schema = (
-            _load_schema(path(options.reader_schema) if path else options.reader_schema, f"{where}.reader_schema")
-            if options.reader_schema
-            else None
+            _load_schema(env.path(options.reader_schema), f"{where}.reader_schema") if options.reader_schema else None
         )
         self._unknown: dict[Hashable, tuple[str, float]] = {}
         self._client: Any = None
@@ -241,7 +240,7 @@ def _split_glue(payload: bytes) -> tuple[bytes, BytesIO] | str:
     return payload[2:18], body
 
 
-def _load_schema(path: Any, where: str) -> ParsedSchema:
+def _load_schema(path: Path, where: str) -> ParsedSchema:
     try:
         with open(path, "rb") as fh:
             return fastavro.parse_schema(orjson.loads(fh.read()))

@@ -8,6 +8,7 @@ import msgspec
 import numpy as np
 
 from streamkit.batch import RecordBatch
+from streamkit.plugin_env import PluginEnv
 from streamkit.predicates import compile_values_predicate, predicate_fields
 from streamkit.processor import ProcessContext
 
@@ -21,8 +22,8 @@ class Filter:
         where: dict[str, Any]
         drop: bool = False
 
-    def __init__(self, options: Options, env: Any) -> None:
-        where = getattr(env, "where", "processors[?]") + ".where"
+    def __init__(self, options: Options, env: PluginEnv) -> None:
+        where = (env.where or "processors[?]") + ".where"
         self.predicate = compile_values_predicate(options.where, where, env.resolve)
         self.drop = options.drop
         self.where = options.where

@@ -14,6 +14,7 @@ import orjson
 
 from streamkit.batch import RecordBatch
 from streamkit.json_bytes import dumps_all, dumps_tight
+from streamkit.plugin_env import PluginEnv
 from streamkit.processor import ProcessContext
 
 
@@ -25,7 +26,7 @@ class JsonDecode:
     class Options(msgspec.Struct, forbid_unknown_fields=True):
         pass
 
-    def __init__(self, options: Options | None = None, env: Any = None) -> None:
+    def __init__(self, options: Options | None = None, env: PluginEnv | None = None) -> None:
         pass
 
     def __call__(self, batch: RecordBatch, ctx: ProcessContext) -> RecordBatch | None:
@@ -62,7 +63,7 @@ class JsonEncode:
     class Options(msgspec.Struct, forbid_unknown_fields=True):
         sort_keys: bool = False
 
-    def __init__(self, options: Options | None = None, env: Any = None) -> None:
+    def __init__(self, options: Options | None = None, env: PluginEnv | None = None) -> None:
         self.option = orjson.OPT_SORT_KEYS if options is not None and options.sort_keys else 0
 
     def __call__(self, batch: RecordBatch, ctx: ProcessContext) -> RecordBatch:

@@ -30,6 +30,7 @@ import numpy as np
 
 from streamkit.batch import RecordBatch
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.predicates import compile_values_predicate
 from streamkit.processor import ProcessContext
 
@@ -84,11 +85,11 @@ class JsonProject:
         """A predicate as for ``filter`` (field comparisons, all/any/not); records where it is false are dropped."""
         missing: Literal["omit", "null", "fail"] = "omit"
 
-    def __init__(self, options: Options, env: Any, *, exact: bool = False) -> None:
+    def __init__(self, options: Options, env: PluginEnv, *, exact: bool = False) -> None:
         """``exact`` (used by the chain planner, not configurable): decode kept fields as values and
         write them back, so the bytes are orjson's; raise :class:`NotExact` instead of dead-lettering."""
         self.exact = exact
-        where_path = getattr(env, "where", "processors[?]")
+        where_path = env.where or "processors[?]"
         mapping = options.fields if isinstance(options.fields, dict) else {f: f for f in options.fields}
         if not mapping:
             raise ConfigError(f"{where_path}.fields", "expected at least one field")
@@ -136,7 +137,7 @@ class JsonProject:
             self._row = getter if len(attrs) > 1 else lambda s: (getter(s),)
         self._keep = self._compile(options.where, read, f"{where_path}.where", env) if options.where else None
 
-    def _compile(self, where: dict[str, Any], read: set[str], path: str, env: Any) -> Any:
+    def _compile(self, where: dict[str, Any], read: set[str], path: str, env: PluginEnv) -> Any:
         ops = set(where) - {"field"}
         field = where.get("field")
         if isinstance(field, str) and "." not in field and len(ops) == 1 and ops <= {"equals", "not_equals"}:

@@ -8,6 +8,7 @@ import msgspec
 
 from streamkit.batch import RecordBatch
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.predicates import MISSING, field_getter
 from streamkit.processor import ProcessContext
 
@@ -25,10 +26,10 @@ class Map:
         fields: dict[str, str] | list[str]
         missing: Literal["omit", "null", "fail"] = "omit"
 
-    def __init__(self, options: Options, env: Any) -> None:
+    def __init__(self, options: Options, env: PluginEnv) -> None:
         mapping = options.fields if isinstance(options.fields, dict) else {f: f for f in options.fields}
         if not mapping:
-            raise ConfigError(getattr(env, "where", "processors[?]") + ".fields", "expected at least one field")
+            raise ConfigError((env.where or "processors[?]") + ".fields", "expected at least one field")
         self.getters = [(out, field_getter(path), path) for out, path in mapping.items()]
         self.missing = options.missing
         self.paths = list(mapping.values())

@@ -14,6 +14,7 @@ import msgspec
 import numpy as np
 
 from streamkit.batch import RecordBatch
+from streamkit.plugin_env import PluginEnv
 from streamkit.predicates import MISSING, field_getter
 from streamkit.processor import ProcessContext
 
@@ -28,7 +29,7 @@ class Timestamp:
         unit: Literal["s", "ms", "us", "ns", "iso8601"] = "ms"
         on_missing: Literal["arrival", "fail"] = "arrival"
 
-    def __init__(self, options: Options, env: Any = None) -> None:
+    def __init__(self, options: Options, env: PluginEnv | None = None) -> None:
         self.get = field_getter(options.field)
         self.field = options.field
         self.unit = options.unit

@@ -7,42 +7,21 @@ validate`` and ``streamkit run`` report every configuration mistake at start-up 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from streamkit.chain import Chain
 from streamkit.checkpoint import CheckpointStore
-from streamkit.config import AwsSettings, CheckpointSettings, PipelineConfig, RuntimeSettings, convert
+from streamkit.config import CheckpointSettings, PipelineConfig, convert
 from streamkit.deadletter import DeadLetterQueue
 from streamkit.errors import ConfigError
 from streamkit.metrics import Metrics
+from streamkit.plugin_env import PluginEnv
 from streamkit.plugins import Kind, load_plugin, resolve_reference
 from streamkit.predicates import batch_predicate, compile_values_predicate
 from streamkit.processor import Processor, as_processor
 from streamkit.runtime import Pipeline, Route
 from streamkit.sink import Sink
 from streamkit.source import Source
-
-
-@dataclass(frozen=True)
-class BuildEnv:
-    """What plugins receive besides their options."""
-
-    pipeline: str
-    aws: AwsSettings
-    base_dir: Path
-    where: str = ""
-    """The key path of the section being built, for error messages."""
-    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
-    """The pipeline's runtime settings, for plugins whose limits must fit the memory budget."""
-
-    def resolve(self, reference: str, where: str) -> Any:
-        return resolve_reference(reference, where)
-
-    def path(self, value: str) -> Path:
-        """A path from the configuration: relative paths are relative to the pipeline file."""
-        return (self.base_dir / value).resolve()
 
 
 def _plugin_type(section: dict[str, Any], where: str) -> str:
@@ -52,7 +31,7 @@ def _plugin_type(section: dict[str, Any], where: str) -> str:
     return kind
 
 
-def build_plugin(kind: Kind, section: dict[str, Any], where: str, env: BuildEnv, core_keys: set[str]) -> Any:
+def build_plugin(kind: Kind, section: dict[str, Any], where: str, env: PluginEnv, core_keys: set[str]) -> Any:
     """Load the plugin named by ``section['type']`` and construct it with its validated options."""
     cls = load_plugin(kind, _plugin_type(section, where), f"{where}.type")
     raw = {k: v for k, v in section.items() if k not in core_keys | {"type"}}
@@ -60,12 +39,12 @@ def build_plugin(kind: Kind, section: dict[str, Any], where: str, env: BuildEnv,
     if options_type is None:
         if raw:
             raise ConfigError(f"{where}.{next(iter(raw))}", f"{section['type']} takes no options")
-        return cls(None, replace(env, where=where))
+        return cls(None, env.at(where))
     options = convert(raw, options_type, where)
-    return cls(options, replace(env, where=where))
+    return cls(options, env.at(where))
 
 
-def build_processor(section: dict[str, Any], where: str, env: BuildEnv) -> Processor:
+def build_processor(section: dict[str, Any], where: str, env: PluginEnv) -> Processor:
     if "callable" in section:
         allowed = {"callable", "name", "with_metadata", "options"}
         extra = sorted(set(section) - allowed)
@@ -98,7 +77,7 @@ def build_processor(section: dict[str, Any], where: str, env: BuildEnv) -> Proce
     return processor
 
 
-def build_route(section: dict[str, Any], index: int, env: BuildEnv) -> Route:
+def build_route(section: dict[str, Any], index: int, env: PluginEnv) -> Route:
     where = f"sinks[{index}]"
     sink: Sink = build_plugin("sink", section, where, env, {"name", "when"})
     name = str(section.get("name") or f"{section['type']}-{index}")
@@ -116,7 +95,7 @@ def build_pipeline(config: PipelineConfig, *, metrics: Metrics | None = None) ->
 
 
 def build_outputs(
-    config: PipelineConfig, env: BuildEnv, metrics: Metrics
+    config: PipelineConfig, env: PluginEnv, metrics: Metrics
 ) -> tuple[Chain, list[Route], DeadLetterQueue | None]:
     """The processor chain, the sink routes and the dead-letter queue: everything after the source, shared
     by the long-lived runtime and the Lambda adapter."""
@@ -136,7 +115,7 @@ def build_outputs(
 
 
 def _build(config: PipelineConfig, metrics: Metrics | None) -> Pipeline:
-    env = BuildEnv(config.name, config.aws, config.base_dir, runtime=config.runtime)
+    env = PluginEnv(config.name, config.aws, config.base_dir, runtime=config.runtime)
     source: Source = build_plugin("source", config.source, "source", env, set())
     metrics = metrics or Metrics()
     chain, routes, dead_letters = build_outputs(config, env, metrics)

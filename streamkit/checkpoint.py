@@ -11,14 +11,13 @@ import asyncio
 import fcntl
 import os
 from abc import ABC, abstractmethod
-from pathlib import Path
-from typing import Any
 
 import msgspec
 import orjson
 
 from streamkit.batch import Partition
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 
 
 class CheckpointStore(ABC):
@@ -46,7 +45,7 @@ class MemoryCheckpointStore(CheckpointStore):
     class Options(msgspec.Struct, forbid_unknown_fields=True):
         pass
 
-    def __init__(self, options: Options | None = None, env: Any = None) -> None:
+    def __init__(self, options: Options | None = None, env: PluginEnv | None = None) -> None:
         self.saved: dict[Partition, str] = {}
         self.writes = 0
 
@@ -65,9 +64,8 @@ class FileCheckpointStore(CheckpointStore):
         path: str
         """The JSON file; relative paths are relative to the pipeline file."""
 
-    def __init__(self, options: Options, env: Any = None) -> None:
-        base = Path(getattr(env, "base_dir", Path.cwd()))
-        self.path = (base / options.path).resolve()
+    def __init__(self, options: Options, env: PluginEnv) -> None:
+        self.path = env.path(options.path)
         self._data: dict[str, str] = {}
         self._lock = asyncio.Lock()
         self.writes = 0

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("plugins", help="list installed sources, sinks, processors and stores")
 
-    from streamkit.bench.args import add_arguments as bench_arguments
+    from streamkit.devtools.bench.args import add_arguments as bench_arguments
 
     bench_arguments(sub.add_parser("bench", help="shard throughput of a pipeline, beside boto3, Powertools, ..."))
     return parser
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "plan":
             return plan(args.pipeline, [*env_overrides(), *args.set])
         if args.command == "demo":
-            from streamkit.demo import DemoUnavailable, run_demo
+            from streamkit.devtools.demo import DemoUnavailable, run_demo
 
             try:
                 return asyncio.run(run_demo(args.output, records=args.records, partitions=args.partitions))
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "plugins":
             return list_plugins()
         if args.command == "bench":
-            from streamkit.bench.args import run_from_args
+            from streamkit.devtools.bench.args import run_from_args
 
             return run_from_args(args, sys.argv[1:] if argv is None else argv)
     except ConfigError as exc:

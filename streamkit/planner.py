@@ -23,9 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from streamkit.batch import RecordBatch
+from streamkit.config import AwsSettings
+from streamkit.plugin_env import PluginEnv
 from streamkit.processor import ProcessContext, Processor, ProcessorOutput, stage_name
 from streamkit.processors.filter import Filter
 from streamkit.processors.json_codec import JsonDecode, JsonEncode
@@ -170,12 +173,9 @@ def plan(processors: Sequence[Processor]) -> tuple[list[Processor], list[Step]]:
     return physical, steps
 
 
-class _ProjectionEnv:
-    where = "chain planner"
-
-    @staticmethod
-    def resolve(reference: str, where: str) -> Any:
-        raise AssertionError("the planner never hands json.project a callable")
+# The fused json.project is built from filters that read named fields only (never a callable reference) and
+# touches no file or AWS service, so its env only names it in errors.
+_PROJECTION_ENV = PluginEnv("chain planner", AwsSettings(), Path.cwd(), where="chain planner")
 
 
 def _projection(run: Sequence[Processor]) -> JsonProject | None:
@@ -196,7 +196,7 @@ def _projection(run: Sequence[Processor]) -> JsonProject | None:
             return None
         wheres.append({"not": f.where} if f.drop else f.where)
     where = None if not wheres else wheres[0] if len(wheres) == 1 else {"all": wheres}
-    return JsonProject(JsonProject.Options(fields=list(last.paths), where=where), _ProjectionEnv(), exact=True)
+    return JsonProject(JsonProject.Options(fields=list(last.paths), where=where), _PROJECTION_ENV, exact=True)
 
 
 def _next(processors: Sequence[Processor], j: int) -> str:

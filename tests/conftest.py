@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink
 
 pytest_plugins = ["tests.localstack_fixtures"]

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streamkit.localstack import Kinesalite, KinesisLocal, MotoServer, TansuBroker
+from streamkit.devtools.localstack import Kinesalite, KinesisLocal, MotoServer, TansuBroker
 
 AWS_REGION = "us-east-1"
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
+
 from streamkit.connectors.dynamodb.leases import (
     AT_TIMESTAMP,
     LATEST,

@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 import structlog
 from botocore.exceptions import BotoCoreError, ClientError
-from streamkit.connectors.aws_clients import is_transient
 
+from streamkit.connectors.aws_clients import is_transient
 from streamkit.retry import RetryPolicy, retry
 
 __all__ = [

@@ -24,6 +24,9 @@ from typing import Any, Literal
 
 import numpy as np
 import structlog
+
+from streamkit.batch import RecordBatch, chunk_bounds
+from streamkit.config import PositiveInt, Size
 from streamkit.connectors.aws_clients import (
     SDK_ERRORS,
     AwsClient,
@@ -41,11 +44,8 @@ from streamkit.connectors.firehose.records import (
     RecordEncoder,
     oversize_reason,
 )
-
-from streamkit.batch import RecordBatch, chunk_bounds
-from streamkit.build import BuildEnv
-from streamkit.config import PositiveInt, Size
 from streamkit.errors import ConfigError, SinkError
+from streamkit.plugin_env import PluginEnv
 from streamkit.retry import RetryBudget, RetryPolicy
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 
@@ -80,7 +80,7 @@ class FirehoseSink(BufferedSink):
 
     Options = FirehoseOptions
 
-    def __init__(self, options: FirehoseOptions, env: BuildEnv) -> None:
+    def __init__(self, options: FirehoseOptions, env: PluginEnv) -> None:
         super().__init__(options)
         if options.max_records < 1:
             raise ConfigError(f"{env.where}.max_records", f"expected at least 1, got {options.max_records}")

@@ -38,6 +38,7 @@ from pyiceberg.types import (
     TimestamptzType,
     TimeType,
 )
+
 from streamkit.connectors.iceberg.settings import ColumnOptions
 from streamkit.connectors.s3.formats import decode_json_payloads, read_json_table
 

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from streamkit.build import BuildEnv
 from streamkit.config import PositiveInt, PositiveSeconds, Size
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.sink import BufferOptions
 
 MIB = 1024 * 1024
@@ -86,7 +86,7 @@ class IcebergOptions(BufferOptions, kw_only=True, forbid_unknown_fields=True):
     max_concurrent_writes: PositiveInt = 1
 
 
-def checked(options: IcebergOptions, env: BuildEnv) -> IcebergOptions:
+def checked(options: IcebergOptions, env: PluginEnv) -> IcebergOptions:
     """The options with derived defaults, or ConfigError naming the key."""
     where = env.where or "sink"
     if options.max_concurrent_writes != 1:
@@ -106,7 +106,7 @@ def checked(options: IcebergOptions, env: BuildEnv) -> IcebergOptions:
     return msgspec.structs.replace(options, max_bytes=max_bytes)
 
 
-def catalog_properties(options: CatalogOptions, env: BuildEnv) -> dict[str, str]:
+def catalog_properties(options: CatalogOptions, env: PluginEnv) -> dict[str, str]:
     """pyiceberg ``load_catalog`` properties for the catalog section (no secrets: none are accepted)."""
     where = f"{env.where or 'sink'}.catalog"
     for key in options.properties:
@@ -130,7 +130,7 @@ def catalog_properties(options: CatalogOptions, env: BuildEnv) -> dict[str, str]
     return props
 
 
-def _sql(options: CatalogOptions, env: BuildEnv, where: str) -> dict[str, str]:
+def _sql(options: CatalogOptions, env: PluginEnv, where: str) -> dict[str, str]:
     if (options.uri is None) == (options.path is None):
         raise ConfigError(f"{where}.path", "a sql catalog needs exactly one of path (a sqlite file) or uri")
     # A path's directory is made at start-up, not here: `streamkit validate` must not create anything.
@@ -144,7 +144,7 @@ def _sql(options: CatalogOptions, env: BuildEnv, where: str) -> dict[str, str]:
     return {"type": "sql", "uri": uri, "warehouse": warehouse, "init_catalog_tables": "true"}
 
 
-def _rest(options: CatalogOptions, env: BuildEnv, where: str) -> dict[str, str]:
+def _rest(options: CatalogOptions, env: PluginEnv, where: str) -> dict[str, str]:
     if not options.uri:
         raise ConfigError(
             f"{where}.uri", "a rest catalog needs its uri (https://s3tables.<region>.amazonaws.com/iceberg)"

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import structlog
-from streamkit.connectors.iceberg.settings import IcebergOptions, catalog_properties, checked
 
 from streamkit.batch import BoolArray, Partition, RecordBatch
-from streamkit.build import BuildEnv
+from streamkit.connectors.iceberg.settings import IcebergOptions, catalog_properties, checked
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.sink import BufferedWriter, Rejected, Sink
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class IcebergSink(Sink, BufferedWriter[RecordBatch]):
     # of bytes only hold no dicts alive until the commit.
     keeps_values = False
 
-    def __init__(self, options: IcebergOptions, env: BuildEnv) -> None:
+    def __init__(self, options: IcebergOptions, env: PluginEnv) -> None:
         options = checked(options, env)
         BufferedWriter.__init__(self, options)
         self.where = env.where or "sink"

@@ -53,11 +53,11 @@ from pyiceberg.transforms import (
     YearTransform,
 )
 from pyiceberg.types import LongType
+
+from streamkit.batch import RecordBatch
 from streamkit.connectors.iceberg import positions
 from streamkit.connectors.iceberg.schema import Converted, Evolution, RecordConverter, configured_schema, infer_columns
 from streamkit.connectors.iceberg.settings import IcebergOptions
-
-from streamkit.batch import RecordBatch
 from streamkit.errors import ConfigError, SinkError
 from streamkit.retry import RetryBudget, RetryPolicy
 

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import msgspec
 import orjson
+
+from streamkit.batch import Int64Array, RecordBatch
 from streamkit.connectors.influxdb.lineproto import escape_key, escape_measurement, quote_string
 from streamkit.connectors.timestream.mapping import (
     InvalidRecord,
@@ -26,8 +28,6 @@ from streamkit.connectors.timestream.mapping import (
     double_text,
     epoch,
 )
-
-from streamkit.batch import Int64Array, RecordBatch
 from streamkit.errors import ConfigError
 from streamkit.predicates import MISSING, field_getter
 

@@ -31,15 +31,15 @@ import msgspec
 import numpy as np
 import structlog
 from isal import igzip
+
+from streamkit.batch import RecordBatch, chunk_bounds
+from streamkit.config import PositiveInt, PositiveSeconds, Size
 from streamkit.connectors.influxdb.mapping import UNIT_PRECISION, FieldOptions, LineMapping, Precision, TagOptions
 from streamkit.connectors.influxdb.responses import FirstBad, Partial, Unclear, Written, interpret, short
 from streamkit.connectors.influxdb.token import Token, TokenSource
 from streamkit.connectors.timestream.mapping import TimeOptions
-
-from streamkit.batch import RecordBatch, chunk_bounds
-from streamkit.build import BuildEnv
-from streamkit.config import PositiveInt, PositiveSeconds, Size
 from streamkit.errors import ConfigError, SinkError
+from streamkit.plugin_env import PluginEnv
 from streamkit.retry import retry
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 
@@ -123,7 +123,7 @@ class InfluxDBSink(BufferedSink):
 
     Options = InfluxDBOptions
 
-    def __init__(self, options: InfluxDBOptions, env: BuildEnv) -> None:
+    def __init__(self, options: InfluxDBOptions, env: PluginEnv) -> None:
         super().__init__(options)
         self.where = where = env.where or "sink"
         if options.max_records < 1:

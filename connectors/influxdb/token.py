@@ -16,9 +16,9 @@ import os
 
 import orjson
 import structlog
-from streamkit.connectors.aws_clients import SDK_ERRORS, AwsClient, describe_error
 
 from streamkit.config import AwsSettings
+from streamkit.connectors.aws_clients import SDK_ERRORS, AwsClient, describe_error
 from streamkit.errors import ConfigError
 
 log = structlog.get_logger("streamkit.connectors.influxdb")

@@ -19,6 +19,7 @@ import structlog
 from streamkit.batch import Partition
 from streamkit.checkpoint import CheckpointStore
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.redact import redacted, scrub
 from streamkit.source import PartitionHost, PartitionReader, Source, SourceBatch
 
@@ -77,15 +78,14 @@ class KafkaSource(Source):
 
     Options = KafkaOptions
 
-    def __init__(self, options: KafkaOptions, env: Any) -> None:
-        self.where = getattr(env, "where", "") or "source"
+    def __init__(self, options: KafkaOptions, env: PluginEnv) -> None:
+        self.where = env.where or "source"
         check_options(options, self.where)
         self.options = options
         self.topics = topic_list(options, self.where)
-        aws = getattr(env, "aws", None)
-        self.auth = check_auth(options.auth, self.where, getattr(aws, "region", None))
+        self.auth = check_auth(options.auth, self.where, env.aws.region)
         self._resolve = env.path
-        self.client_id = options.client_id or f"streamkit-{getattr(env, 'pipeline', 'pipeline')}"
+        self.client_id = options.client_id or f"streamkit-{env.pipeline}"
         self.name = PREFIX + ",".join(self.topics)
         self._consumer: Consumer | None = None
         self._thread: ConsumerThread | None = None

@@ -13,10 +13,10 @@ import datetime as dt
 from typing import Any
 
 from aiobotocore.session import AioSession
-from streamkit.connectors.aws_clients import KINESIS_CLIENT_OPTIONS, AwsClient, ClientOptions
-from streamkit.connectors.kinesis.decode import DecodedRecords, decode_get_records
 
 from streamkit.config import AwsSettings
+from streamkit.connectors.aws_clients import KINESIS_CLIENT_OPTIONS, AwsClient, ClientOptions
+from streamkit.connectors.kinesis.decode import DecodedRecords, decode_get_records
 
 _RAW_KEY = "StreamkitRawBody"
 _EMPTY_BODY = b'{"Records":[]}'

@@ -22,6 +22,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 import pybase64
+
 from streamkit.connectors.kinesis.kpl import KplDecodeError, Malformed, any_aggregated, expand
 
 __all__ = [

@@ -37,14 +37,14 @@ import aiohttp
 import msgspec
 import structlog
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+from streamkit.batch import Partition
+from streamkit.config import AwsSettings, PositiveSeconds
 from streamkit.connectors.aws_clients import KINESIS_TRANSIENT_CODES, ClientOptions, transient_reason
 from streamkit.connectors.kinesis.client import KinesisClient, stream_argument
 from streamkit.connectors.kinesis.decode import ChildShard, DecodedRecords, decode_subscribe_event
 from streamkit.connectors.kinesis.efo_consumer import ConsumerRegistrationError, ensure_consumer
 from streamkit.connectors.kinesis.reader import ReadPacer, ReadSettings, ShardReader, StartAt
-
-from streamkit.batch import Partition
-from streamkit.config import AwsSettings, PositiveSeconds
 from streamkit.errors import ConfigError
 
 log = structlog.get_logger("streamkit.kinesis")

@@ -18,8 +18,8 @@ from typing import Any
 
 import structlog
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
-from streamkit.connectors.aws_clients import KINESIS_TRANSIENT_CODES, is_transient
 
+from streamkit.connectors.aws_clients import KINESIS_TRANSIENT_CODES, is_transient
 from streamkit.retry import RetryPolicy
 
 log = structlog.get_logger("streamkit.kinesis")

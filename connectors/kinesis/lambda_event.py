@@ -13,11 +13,11 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
-from streamkit.connectors.kinesis.kpl import any_aggregated, expand
-from streamkit.connectors.kinesis.positions import BatchPositions
 
 from streamkit.aws_lambda.events import EventPartition, b64decode_all
 from streamkit.batch import Partition, RecordBatch
+from streamkit.connectors.kinesis.kpl import any_aggregated, expand
+from streamkit.connectors.kinesis.positions import BatchPositions
 
 __all__ = ["KINESIS_EVENT_SOURCE", "decode_kinesis_event"]
 

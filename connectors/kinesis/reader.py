@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import structlog
 from botocore.exceptions import ClientError
+
+from streamkit.batch import Partition, RecordBatch
 from streamkit.connectors.aws_clients import KINESIS_TRANSIENT_CODES, SDK_ERRORS, transient_reason
 from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import (
@@ -38,8 +40,6 @@ from streamkit.connectors.kinesis.decode import (
     deaggregate,
 )
 from streamkit.connectors.kinesis.positions import BatchPositions, KinesisPosition
-
-from streamkit.batch import Partition, RecordBatch
 from streamkit.retry import RetryPolicy
 from streamkit.source import PartitionReader, SourceBatch
 

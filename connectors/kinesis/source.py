@@ -19,6 +19,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import structlog
+
+from streamkit.batch import Partition
+from streamkit.checkpoint import CheckpointStore
+from streamkit.config import AwsSettings, PositiveInt, PositiveSeconds, Size
 from streamkit.connectors.aws_clients import AwsClient, lease_table_options
 from streamkit.connectors.dynamodb import (
     SHARD_END,
@@ -37,11 +41,8 @@ from streamkit.connectors.kinesis.efo import FanOut, FanOutOptions
 from streamkit.connectors.kinesis.positions import KinesisPosition, checkpoint_for, parse_checkpoint
 from streamkit.connectors.kinesis.reader import ReadSettings, ShardReader, StartAt
 from streamkit.connectors.kinesis.streams import ConfiguredStream, StreamOptions, describe_stream, stream_name_of
-
-from streamkit.batch import Partition
-from streamkit.checkpoint import CheckpointStore
-from streamkit.config import AwsSettings, PositiveInt, PositiveSeconds, Size
 from streamkit.errors import CheckpointDeferred, CheckpointRejected, ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.retry import RetryPolicy, retry
 from streamkit.share import process_share
 from streamkit.source import PartitionHost, Source
@@ -173,8 +174,8 @@ class LeaseCheckpointStore(CheckpointStore):
 class KinesisSource(Source):
     Options = KinesisSourceOptions
 
-    def __init__(self, options: KinesisSourceOptions, env: Any) -> None:
-        self.where = getattr(env, "where", "source") or "source"
+    def __init__(self, options: KinesisSourceOptions, env: PluginEnv) -> None:
+        self.where = env.where or "source"
         _validate(options, self.where)
         self.options = options
         self.aws: AwsSettings = env.aws

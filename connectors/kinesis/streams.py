@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+
 from streamkit.connectors.kinesis.client import KinesisClient, stream_argument
 
 __all__ = ["ConfiguredStream", "StreamOptions", "describe_stream", "stream_name_of"]

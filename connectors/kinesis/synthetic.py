@@ -16,13 +16,12 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
+from streamkit.batch import Partition
+from streamkit.checkpoint import CheckpointStore
 from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import ChildShard, DecodedRecords, decode_get_records
 from streamkit.connectors.kinesis.positions import checkpoint_for
 from streamkit.connectors.kinesis.reader import ReadSettings, ShardReader, StartAt
-
-from streamkit.batch import Partition
-from streamkit.checkpoint import CheckpointStore
 from streamkit.source import PartitionHost, Source
 
 

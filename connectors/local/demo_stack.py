@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+
 from streamkit.connectors.local.generator import GeneratorOptions, make_payload
 
 

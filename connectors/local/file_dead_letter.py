@@ -8,10 +8,10 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from streamkit.deadletter import DeadLetterQueue, encode_entries
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.processor import Failure
 from streamkit.sink import BufferOptions
 
@@ -23,7 +23,7 @@ class FileDeadLetterOptions(BufferOptions, forbid_unknown_fields=True):
 class FileDeadLetter(DeadLetterQueue):
     Options = FileDeadLetterOptions
 
-    def __init__(self, options: FileDeadLetterOptions, env: Any) -> None:
+    def __init__(self, options: FileDeadLetterOptions, env: PluginEnv) -> None:
         super().__init__(options)
         self.directory: Path = env.path(options.path)
         self._counter = itertools.count()

@@ -13,13 +13,14 @@ import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from isal import igzip
 
 from streamkit.batch import RecordBatch, concat_payloads
 from streamkit.config import PositiveInt, PositiveSeconds, Size
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 
 
@@ -35,7 +36,7 @@ class FileSink(BufferedSink):
     Options = FileSinkOptions
     keeps_values = False
 
-    def __init__(self, options: FileSinkOptions, env: Any) -> None:
+    def __init__(self, options: FileSinkOptions, env: PluginEnv) -> None:
         super().__init__(options)
         self.directory: Path = env.path(options.path)
         self.compression = options.compression

@@ -6,7 +6,6 @@ import asyncio
 import glob
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -14,6 +13,7 @@ from streamkit.batch import Partition, RecordBatch
 from streamkit.checkpoint import CheckpointStore
 from streamkit.config import PositiveInt
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.share import process_share
 from streamkit.source import PartitionHost, PartitionReader, Source, SourceBatch
 
@@ -48,7 +48,7 @@ class FileReader(PartitionReader):
 class FileSource(Source):
     Options = FileSourceOptions
 
-    def __init__(self, options: FileSourceOptions, env: Any) -> None:
+    def __init__(self, options: FileSourceOptions, env: PluginEnv) -> None:
         pattern = str(env.path(options.path))
         self.files = sorted(Path(p) for p in glob.glob(pattern))
         if not self.files:

@@ -20,6 +20,7 @@ from streamkit.batch import Partition, RecordBatch
 from streamkit.checkpoint import CheckpointStore
 from streamkit.config import NonNegativeInt, PositiveInt, Ratio
 from streamkit.json_bytes import dumps_tight
+from streamkit.plugin_env import PluginEnv
 from streamkit.share import process_share
 from streamkit.source import PartitionHost, PartitionReader, Source, SourceBatch
 
@@ -113,7 +114,7 @@ class GeneratorSource(Source):
 
     Options = GeneratorOptions
 
-    def __init__(self, options: GeneratorOptions, env: Any = None) -> None:
+    def __init__(self, options: GeneratorOptions, env: PluginEnv | None = None) -> None:
         self.options = options
         self.name = f"generator:{options.stream}"
         self._store: CheckpointStore | None = None

@@ -14,6 +14,7 @@ from isal import igzip
 
 from streamkit.batch import Partition, RecordBatch, concat_payloads
 from streamkit.deadletter import DeadLetterQueue, entries
+from streamkit.plugin_env import PluginEnv
 from streamkit.processor import Failure
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 
@@ -30,7 +31,7 @@ class MemorySink(BufferedSink):
     keeps_values = False
     instances: ClassVar[dict[str, MemorySink]] = {}
 
-    def __init__(self, options: MemorySinkOptions | None = None, env: Any = None) -> None:
+    def __init__(self, options: MemorySinkOptions | None = None, env: PluginEnv | None = None) -> None:
         super().__init__(options or MemorySinkOptions())
         opts = options or MemorySinkOptions()
         self.compression = opts.compression
@@ -64,7 +65,7 @@ class MemoryDeadLetter(DeadLetterQueue):
     Options = BufferOptions
     instances: ClassVar[list[MemoryDeadLetter]] = []
 
-    def __init__(self, options: BufferOptions | None = None, env: Any = None) -> None:
+    def __init__(self, options: BufferOptions | None = None, env: PluginEnv | None = None) -> None:
         super().__init__(options or BufferOptions())
         self.entries: list[dict[str, Any]] = []
         MemoryDeadLetter.instances.append(self)

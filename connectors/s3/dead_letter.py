@@ -25,13 +25,13 @@ from typing import Annotated, Literal
 import msgspec
 import structlog
 from isal import igzip
+
+from streamkit.config import PositiveInt, PositiveSeconds, Size
 from streamkit.connectors.aws_clients import SDK_ERRORS, AwsClient, ClientOptions, describe_error, error_code
 from streamkit.connectors.s3.upload import ACCOUNT_ID, Outcome, S3Requests, SseOptions, owner_refused
-
-from streamkit.build import BuildEnv
-from streamkit.config import PositiveInt, PositiveSeconds, Size
 from streamkit.deadletter import DeadLetterQueue, encode_entries
 from streamkit.errors import ConfigError, SinkError
+from streamkit.plugin_env import PluginEnv
 from streamkit.processor import Failure
 from streamkit.sink import BufferOptions
 
@@ -73,7 +73,7 @@ class S3DeadLetter(DeadLetterQueue):
 
     Options = S3DeadLetterOptions
 
-    def __init__(self, options: S3DeadLetterOptions, env: BuildEnv) -> None:
+    def __init__(self, options: S3DeadLetterOptions, env: PluginEnv) -> None:
         super().__init__(options)
         where = env.where or "dead_letter"
         prefix = options.prefix

@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from streamkit.connectors.s3.formats import ObjectWriter, RecordEncodeError
-from streamkit.connectors.s3.keys import Partitioner
 
 from streamkit.acks import AckTicket
 from streamkit.batch import BatchError, Partition, RecordBatch
+from streamkit.connectors.s3.formats import ObjectWriter, RecordEncodeError
+from streamkit.connectors.s3.keys import Partitioner
 from streamkit.errors import SinkError
 from streamkit.sink import Rejected
 

@@ -6,15 +6,15 @@ import json
 from typing import Annotated, Any, Literal
 
 import msgspec
+
+from streamkit.config import NonNegativeSeconds, PositiveInt, PositiveSeconds, Size
 from streamkit.connectors.aws_clients import ClientOptions
 from streamkit.connectors.s3.formats import MIN_PART_SIZE, InvalidFormatConfig, ObjectWriter, make_writer
 from streamkit.connectors.s3.keys import DEFAULT_KEY_TEMPLATE, DEFAULT_PARTITION_TEMPLATE
 from streamkit.connectors.s3.segments import SegmentRules
 from streamkit.connectors.s3.upload import ACCOUNT_ID, MAX_PART_SIZE, SseOptions
-
-from streamkit.build import BuildEnv
-from streamkit.config import NonNegativeSeconds, PositiveInt, PositiveSeconds, Size
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.retry import RetryPolicy
 
 __all__ = ["S3SinkOptions", "check_options", "segment_rules", "writer_factory"]
@@ -65,7 +65,7 @@ class S3SinkOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     client: ClientOptions = ClientOptions()
 
 
-def load_schema(value: dict[str, Any] | str | None, env: BuildEnv, where: str) -> dict[str, Any] | None:
+def load_schema(value: dict[str, Any] | str | None, env: PluginEnv, where: str) -> dict[str, Any] | None:
     if value is None or isinstance(value, dict):
         return value
     path = env.path(value)
@@ -115,7 +115,7 @@ def check_options(options: S3SinkOptions, where: str) -> None:
         raise ConfigError(f"{where}.part_size", f"S3 parts are 5MiB to 5GiB, got {options.part_size} bytes")
 
 
-def writer_factory(options: S3SinkOptions, env: BuildEnv, where: str) -> tuple[Any, ObjectWriter]:
+def writer_factory(options: S3SinkOptions, env: PluginEnv, where: str) -> tuple[Any, ObjectWriter]:
     """A function making one object's writer, and a sample writer (settings checked by making it)."""
     compression = options.compression or _DEFAULT_COMPRESSION[options.format]
     if options.format == "parquet" and compression == "none":

@@ -23,6 +23,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 import structlog
+
+from streamkit.batch import Partition, RecordBatch
 from streamkit.connectors.aws_clients import SDK_ERRORS, AwsClient, describe_error, error_code
 from streamkit.connectors.s3.keys import PositionLike, TemplateError, compile_key_template, compile_partitioner
 from streamkit.connectors.s3.segments import OpenObject, Segment, ShardSegments
@@ -34,10 +36,8 @@ from streamkit.connectors.s3.settings import (
     writer_factory,
 )
 from streamkit.connectors.s3.upload import Outcome, S3Requests, owner_refused
-
-from streamkit.batch import Partition, RecordBatch
-from streamkit.build import BuildEnv
 from streamkit.errors import ConfigError, SinkError
+from streamkit.plugin_env import PluginEnv
 from streamkit.sink import Sink
 
 __all__ = ["S3Sink", "S3SinkOptions", "S3SinkStats", "marker_key"]
@@ -85,7 +85,7 @@ class S3Sink(Sink):
 
     Options = S3SinkOptions
 
-    def __init__(self, options: S3SinkOptions, env: BuildEnv) -> None:
+    def __init__(self, options: S3SinkOptions, env: PluginEnv) -> None:
         where = env.where or "sink"
         check_options(options, where)
         self.max_unacked_bytes = unacked_limit(options, env.runtime.max_bytes_in_flight, where)

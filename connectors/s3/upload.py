@@ -29,6 +29,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 import structlog
+
 from streamkit.connectors.aws_clients import (
     SDK_ERRORS,
     AwsClient,
@@ -38,7 +39,6 @@ from streamkit.connectors.aws_clients import (
     is_throttling,
     is_transient,
 )
-
 from streamkit.errors import SinkError
 from streamkit.retry import RetryPolicy, retry
 

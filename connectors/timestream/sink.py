@@ -21,6 +21,9 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import structlog
+
+from streamkit.batch import RecordBatch
+from streamkit.config import PositiveInt
 from streamkit.connectors.aws_clients import (
     SDK_ERRORS,
     AwsClient,
@@ -38,11 +41,8 @@ from streamkit.connectors.timestream.mapping import (
     TimeOptions,
     hoist,
 )
-
-from streamkit.batch import RecordBatch
-from streamkit.build import BuildEnv
-from streamkit.config import PositiveInt
 from streamkit.errors import ConfigError, SinkError
+from streamkit.plugin_env import PluginEnv
 from streamkit.retry import RetryBudget, retry
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 
@@ -71,7 +71,7 @@ class TimestreamSink(BufferedSink):
 
     Options = TimestreamOptions
 
-    def __init__(self, options: TimestreamOptions, env: BuildEnv) -> None:
+    def __init__(self, options: TimestreamOptions, env: PluginEnv) -> None:
         super().__init__(options)
         self.where = env.where or "sink"
         if options.max_records < 1:

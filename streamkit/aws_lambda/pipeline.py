@@ -22,11 +22,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 import structlog
 
-from streamkit.build import BuildEnv, build_outputs
+from streamkit.build import build_outputs
 from streamkit.checkpoint import CheckpointStore, MemoryCheckpointStore
 from streamkit.config import PipelineConfig, convert, env_overrides, load_config
 from streamkit.errors import ConfigError
 from streamkit.metrics import Metrics
+from streamkit.plugin_env import PluginEnv
 from streamkit.runtime import Pipeline
 from streamkit.source import PartitionHost, Source
 
@@ -71,7 +72,7 @@ class LambdaEventSource(Source):
     name = "lambda"
     Options = LambdaOptions
 
-    def __init__(self, options: LambdaOptions | None = None, env: Any = None) -> None:
+    def __init__(self, options: LambdaOptions | None = None, env: PluginEnv | None = None) -> None:
         self.options = options or LambdaOptions()
 
     async def run(self, host: PartitionHost, stop: Any) -> None:
@@ -132,7 +133,7 @@ def _from_config(config: PipelineConfig) -> Pipeline:
 
 def _build(config: PipelineConfig) -> Pipeline:
     """Like streamkit.build.build_pipeline, without building the source and checkpoint sections."""
-    env = BuildEnv(config.name, config.aws, config.base_dir, runtime=config.runtime)
+    env = PluginEnv(config.name, config.aws, config.base_dir, runtime=config.runtime)
     source = _source(config.source, env)
     if config.checkpoint is not None:
         log.info("checkpoint section ignored: the event source mapping checkpoints in Lambda")
@@ -150,7 +151,7 @@ def _build(config: PipelineConfig) -> Pipeline:
     )
 
 
-def _source(section: dict[str, Any], env: BuildEnv) -> LambdaEventSource:
+def _source(section: dict[str, Any], env: PluginEnv) -> LambdaEventSource:
     kind = section.get("type")
     if kind != "lambda":
         log.info("source section ignored: in Lambda the event is the source", source_type=kind)

@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 import pytest
 
-from streamkit.bench.data import record_payloads
-from streamkit.bench.pipelines import build_with_source, memory_gzip_sink, representative, run_streamkit
-from streamkit.bench.stream import ReadOnlyStreamSource
 from streamkit.config import AwsSettings
+from streamkit.devtools.bench.data import record_payloads
+from streamkit.devtools.bench.pipelines import build_with_source, memory_gzip_sink, representative, run_streamkit
+from streamkit.devtools.bench.stream import ReadOnlyStreamSource
 from tests.integration.kinesis_helpers import create_stream
 
 CLI = [sys.executable, "-m", "streamkit"]

@@ -19,8 +19,8 @@ import orjson
 import pytest
 import yaml
 
+from streamkit.devtools.localstack import free_port
 from streamkit.emf import METRIC_NAMES
-from streamkit.localstack import free_port
 from tests.integration.kinesis_helpers import create_stream, put_json
 
 CLI = [sys.executable, "-m", "streamkit"]

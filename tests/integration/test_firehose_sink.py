@@ -24,15 +24,16 @@ import numpy as np
 import orjson
 import pytest
 from aiobotocore.session import get_session
-from streamkit.connectors.firehose import FirehoseOptions, FirehoseSink
-from streamkit.connectors.local.memory_sink import MemoryDeadLetter
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import RecordBatch
-from streamkit.build import BuildEnv, build_pipeline
+from streamkit.build import build_pipeline
 from streamkit.config import AwsSettings, convert, parse_config
+from streamkit.connectors.firehose import FirehoseOptions, FirehoseSink
+from streamkit.connectors.local.memory_sink import MemoryDeadLetter
+from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import ConfigError, SinkError
-from streamkit.localstack import MotoServer
+from streamkit.plugin_env import PluginEnv
 from streamkit.runtime import Runtime
 from tests.helpers import P, modelled_response, started, ticketed, wait_for
 
@@ -74,7 +75,7 @@ def delivered(moto: MotoServer) -> list[bytes]:
 def make_sink(moto: MotoServer, **options: Any) -> tuple[FirehoseSink, MemoryDeadLetter]:
     section = {"stream": STREAM, "retry": FAST_RETRY, **options}
     aws = AwsSettings(region=REGION, endpoints={"firehose": moto.endpoint_url})
-    sink = FirehoseSink(convert(section, FirehoseOptions, "sinks[0]"), BuildEnv("test", aws, Path.cwd(), "sinks[0]"))
+    sink = FirehoseSink(convert(section, FirehoseOptions, "sinks[0]"), PluginEnv("test", aws, Path.cwd(), "sinks[0]"))
     dlq = MemoryDeadLetter()
     sink.bind("firehose", dlq, None)
     return sink, dlq

@@ -31,16 +31,17 @@ import pytest
 import yaml
 from pyiceberg.catalog import load_catalog
 from pyiceberg.table import Table
-from streamkit.connectors.iceberg.settings import IcebergOptions
-from streamkit.connectors.iceberg.sink import IcebergSink
-from streamkit.connectors.local.memory_sink import MemoryDeadLetter
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import Partition, RecordBatch
-from streamkit.build import BuildEnv, build_pipeline
+from streamkit.build import build_pipeline
 from streamkit.config import AwsSettings, convert, load_config, parse_config
+from streamkit.connectors.iceberg.settings import IcebergOptions
+from streamkit.connectors.iceberg.sink import IcebergSink
+from streamkit.connectors.local.memory_sink import MemoryDeadLetter
+from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import ConfigError, SinkError
-from streamkit.localstack import MotoServer
+from streamkit.plugin_env import PluginEnv
 from streamkit.runtime import Pipeline, RunSummary, Runtime
 
 pytestmark = pytest.mark.timeout(120)
@@ -113,7 +114,7 @@ def duckdb_ids(table: Table, tmp_path: Path) -> list[str]:
 
 def ledger(table: Table) -> dict[str, str]:
     snapshot = table.current_snapshot()
-    assert snapshot is not None
+    assert snapshot is not None and snapshot.summary is not None
     text = snapshot.summary.get(LEDGER)
     assert text is not None
     loaded: dict[str, str] = orjson.loads(text)
@@ -136,7 +137,7 @@ async def run(pipeline: Pipeline) -> RunSummary:
 def make_sink(moto: MotoServer, tmp_path: Path, **options: Any) -> IcebergSink:
     section = {"catalog": catalog_section(tmp_path), "table": TABLE, "retry": FAST_RETRY, **options}
     aws = AwsSettings(region=REGION, endpoints={"s3": moto.endpoint_url})
-    env = BuildEnv("iceberg-test", aws, tmp_path, "sinks[0]")
+    env = PluginEnv("iceberg-test", aws, tmp_path, "sinks[0]")
     sink = IcebergSink(convert(section, IcebergOptions, "sinks[0]"), env)
     sink.bind("iceberg", MemoryDeadLetter(), None)
     return sink
@@ -360,9 +361,9 @@ async def test_two_writers_racing_on_one_table_keep_every_partition_in_the_ledge
 
 
 def test_bad_settings_fail_at_start_up_with_the_key_path(tmp_path: Path) -> None:
-    env = BuildEnv("p", AwsSettings(region=REGION), tmp_path, "sinks[0]")
+    env = PluginEnv("p", AwsSettings(region=REGION), tmp_path, "sinks[0]")
     catalog = {"type": "sql", "path": "catalog.db", "warehouse": "wh"}
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"max_concurrent_writes": 2}, "sinks[0].max_concurrent_writes"),
         ({"table": "nonamespace"}, "sinks[0].table"),
         (
@@ -560,7 +561,7 @@ def test_a_rest_catalog_is_signed_with_sigv4_from_the_standard_chain(
             "signing_name": "s3tables",
         }
         section = {"catalog": catalog, "table": TABLE, "create": False}
-        env = BuildEnv("iceberg-test", AwsSettings(region=REGION), tmp_path, "sinks[0]")
+        env = PluginEnv("iceberg-test", AwsSettings(region=REGION), tmp_path, "sinks[0]")
         sink = IcebergSink(convert(section, IcebergOptions, "sinks[0]"), env)
         with pytest.raises(ConfigError) as caught:
             asyncio.run(sink.start())
@@ -601,8 +602,8 @@ def test_bench_writes_the_built_in_pipeline_through_the_iceberg_sink(tmp_path: P
 
 def test_every_bench_run_writes_a_fresh_table(monkeypatch: pytest.MonkeyPatch) -> None:
     """Runs replay the same shards: into the last run's table they would all be skipped by the ledger."""
-    from streamkit.bench import sinks
-    from streamkit.bench.runner import Bench, BenchOptions
+    from streamkit.devtools.bench import sinks
+    from streamkit.devtools.bench.runner import Bench, BenchOptions
 
     rows_before_reset: list[int] = []
     empty = sinks.RESET_BEFORE_EACH_RUN["iceberg"]

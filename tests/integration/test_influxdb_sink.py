@@ -1,6 +1,6 @@
 """The InfluxDB sink against the loopback stand-in of the write endpoints, and moto's Secrets Manager.
 
-No InfluxDB server is installable here: :class:`streamkit.localstack.InfluxStandIn` implements the
+No InfluxDB server is installable here: :class:`streamkit.devtools.localstack.InfluxStandIn` implements the
 documented ``/api/v3/write_lp`` and ``/api/v2/write`` endpoints (auth, gzip, precision, partial writes,
 their error bodies) over real HTTP on 127.0.0.1. Faults the stand-in does not produce by itself (429 and
 503 with Retry-After, v2 parse errors for lines our encoder never writes wrong) are injected as whole
@@ -24,14 +24,15 @@ import msgspec
 import orjson
 import pytest
 import structlog
+
+from streamkit.build import build_pipeline
+from streamkit.config import AwsSettings, convert, load_config
 from streamkit.connectors.influxdb import InfluxDBOptions, InfluxDBSink
 from streamkit.connectors.local.generator import GeneratorOptions, make_payload
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter
-
-from streamkit.build import BuildEnv, build_pipeline
-from streamkit.config import AwsSettings, convert, load_config
+from streamkit.devtools.localstack import InfluxStandIn, MotoServer
 from streamkit.errors import ConfigError, SinkError
-from streamkit.localstack import InfluxStandIn, MotoServer
+from streamkit.plugin_env import PluginEnv
 from streamkit.runtime import Runtime
 from tests.helpers import started, ticketed, wait_for
 
@@ -75,7 +76,7 @@ def make_sink(
     server: InfluxStandIn, aws: AwsSettings | None = None, **overrides: Any
 ) -> tuple[InfluxDBSink, MemoryDeadLetter]:
     options = convert(section(server, **overrides), InfluxDBOptions, "sinks[0]")
-    sink = InfluxDBSink(options, BuildEnv("test", aws or AwsSettings(region=REGION), Path.cwd(), "sinks[0]"))
+    sink = InfluxDBSink(options, PluginEnv("test", aws or AwsSettings(region=REGION), Path.cwd(), "sinks[0]"))
     dlq = MemoryDeadLetter()
     sink.bind("influx", dlq, None)
     return sink, dlq

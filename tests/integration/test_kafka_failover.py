@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from streamkit.batch import RecordBatch
-from streamkit.localstack import TansuBroker
+from streamkit.devtools.localstack import TansuBroker
 from streamkit.processor import ProcessContext, batch_processor
 
 REPO = Path(__file__).resolve().parents[2]

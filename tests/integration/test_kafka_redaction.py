@@ -10,7 +10,7 @@ import structlog
 from streamkit import log as logsetup
 from streamkit.build import build_pipeline
 from streamkit.config import parse_config
-from streamkit.localstack import TansuBroker
+from streamkit.devtools.localstack import TansuBroker
 from streamkit.redact import MASK
 from tests.integration.test_kafka_source import create_topic
 

@@ -19,14 +19,14 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from streamkit.connectors.kafka.source import KafkaSource
-from streamkit.connectors.local.memory_sink import MemorySink
-from streamkit.processors.avro_codec import AvroDecode
 
 from streamkit.batch import RecordBatch
 from streamkit.build import build_pipeline
 from streamkit.config import Size, parse_config
-from streamkit.localstack import TansuBroker
+from streamkit.connectors.kafka.source import KafkaSource
+from streamkit.connectors.local.memory_sink import MemorySink
+from streamkit.devtools.localstack import TansuBroker
+from streamkit.processors.avro_codec import AvroDecode
 from streamkit.runtime import Pipeline, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 from tests.helpers import wait_for

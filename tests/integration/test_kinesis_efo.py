@@ -1,7 +1,7 @@
 """Enhanced fan-out (``consumer: efo``) end to end on kinesis-local, leases in moto's DynamoDB.
 
 kinesis-local sends no ``initial-response`` event, which botocore requires: every test reaches it through
-:class:`EventStreamProxy` (streamkit/localstack/efo_proxy.py), which adds that event (and the last event of a
+:class:`EventStreamProxy` (streamkit/devtools/localstack/efo_proxy.py), which adds that event (and the last event of a
 closed shard, which kinesis-local never sends), records the calls it forwards, and injects subscription
 faults (a clean end, a cut connection, a stream that stops forwarding).
 """
@@ -19,14 +19,14 @@ import boto3
 import orjson
 import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
-from streamkit.connectors.kinesis.efo_consumer import ConsumerRegistrationError, ensure_consumer
-from streamkit.connectors.kinesis.source import KinesisSource
-from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
 
 from streamkit.batch import RecordBatch
 from streamkit.build import build_pipeline
 from streamkit.config import AwsSettings, parse_config
-from streamkit.localstack.efo_proxy import EventStreamProxy
+from streamkit.connectors.kinesis.efo_consumer import ConsumerRegistrationError, ensure_consumer
+from streamkit.connectors.kinesis.source import KinesisSource
+from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
+from streamkit.devtools.localstack.efo_proxy import EventStreamProxy
 from streamkit.runtime import Pipeline, Runtime
 from streamkit.sink import Rejection
 from tests.helpers import wait_for
@@ -154,7 +154,7 @@ async def test_efo_reads_every_shard_in_order_checkpoints_as_polling_does_and_re
     assert ops.index("DescribeStreamConsumer") < ops.index("RegisterStreamConsumer")
     assert ops.count("RegisterStreamConsumer") == 1
     assert "GetRecords" not in ops
-    first = {}
+    first: dict[str, dict[str, Any]] = {}
     for call in efo_proxy.subscriptions:
         first.setdefault(call.shard_id, call.starting_position)
     assert first == {

@@ -532,7 +532,6 @@ async def test_a_kcl_fleets_lease_table_is_taken_over_and_its_checkpoints_honour
     import asyncio
 
     from streamkit.connectors.local.memory_sink import MemorySink
-
     from streamkit.runtime import Runtime
 
     kinesis = create_stream(kinesalite.endpoint_url, "fleet", shards=2)

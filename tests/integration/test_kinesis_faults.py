@@ -20,15 +20,15 @@ from typing import Any
 import boto3
 import orjson
 import pytest
+
+from streamkit.batch import Partition
+from streamkit.build import build_pipeline
+from streamkit.config import AwsSettings, parse_config
 from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import DecodedRecords
 from streamkit.connectors.kinesis.reader import ReadPacer, ReadSettings, ShardReader, StartAt
 from streamkit.connectors.kinesis.source import KinesisSource
 from streamkit.connectors.local.memory_sink import MemorySink
-
-from streamkit.batch import Partition
-from streamkit.build import build_pipeline
-from streamkit.config import AwsSettings, parse_config
 from streamkit.errors import CheckpointRejected
 from streamkit.retry import RetryPolicy
 from streamkit.runtime import Pipeline, Runtime

@@ -12,12 +12,12 @@ import boto3
 import orjson
 import pytest
 from aws_kinesis_agg.aggregator import AggRecord, RecordAggregator
-from streamkit.connectors.kinesis.source import KinesisSource
-from streamkit.connectors.local.memory_sink import MemorySink
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import build_pipeline
 from streamkit.config import parse_config
+from streamkit.connectors.kinesis.source import KinesisSource
+from streamkit.connectors.local.memory_sink import MemorySink
 from streamkit.runtime import Pipeline, Runtime
 from streamkit.sink import Sink
 from tests.helpers import wait_for
@@ -105,7 +105,7 @@ async def test_aggregated_records_come_out_as_the_original_user_records_in_order
     other shard, which the reader must drop (after a reshard it is a duplicate the KPL re-sent)."""
     client = create_stream(kinesalite.endpoint_url, "agg", shards=2)
     shards = client.list_shards(StreamName="agg")["Shards"]
-    ranges = {
+    ranges: dict[str, tuple[int, int]] = {
         s["ShardId"]: (int(s["HashKeyRange"]["StartingHashKey"]), int(s["HashKeyRange"]["EndingHashKey"]))
         for s in shards
     }

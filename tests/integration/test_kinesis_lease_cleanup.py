@@ -13,11 +13,11 @@ from typing import Any
 
 import orjson
 import pytest
-from streamkit.connectors.kinesis.source import KinesisSource
-from streamkit.connectors.local.memory_sink import MemorySink
 
 from streamkit.build import build_pipeline
 from streamkit.config import parse_config
+from streamkit.connectors.kinesis.source import KinesisSource
+from streamkit.connectors.local.memory_sink import MemorySink
 from streamkit.runtime import Runtime
 from tests.helpers import wait_for
 from tests.integration.kinesis_helpers import create_stream

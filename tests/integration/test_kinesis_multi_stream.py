@@ -14,12 +14,12 @@ from typing import Any
 import boto3
 import orjson
 import pytest
-from streamkit.connectors.assume_role import assumed_role_session
-from streamkit.connectors.kinesis.source import KinesisSource
-from streamkit.connectors.local.memory_sink import MemorySink
 
 from streamkit.build import build_pipeline
 from streamkit.config import AwsSettings, parse_config
+from streamkit.connectors.assume_role import assumed_role_session
+from streamkit.connectors.kinesis.source import KinesisSource
+from streamkit.connectors.local.memory_sink import MemorySink
 from streamkit.errors import ConfigError
 from streamkit.runtime import Runtime
 from tests.helpers import wait_for

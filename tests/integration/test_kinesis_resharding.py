@@ -18,12 +18,13 @@ from typing import Any, ClassVar
 import boto3
 import orjson
 import pytest
-from streamkit.connectors.kinesis.source import KinesisSource
-from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
 
 from streamkit.batch import RecordBatch
 from streamkit.build import build_pipeline
 from streamkit.config import parse_config
+from streamkit.connectors.dynamodb import ShardInfo
+from streamkit.connectors.kinesis.source import KinesisSource
+from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
 from streamkit.runtime import Runtime
 from streamkit.sink import Rejection
 from tests.helpers import wait_for
@@ -139,8 +140,8 @@ async def test_split_and_merge_under_load_keep_per_key_order_and_drain_parents_f
         assert coordinator is not None
         sync_shards = coordinator.sync_shards
 
-        async def recording(shards: Any) -> list[str]:
-            created = await sync_shards(shards)
+        async def recording(shards: Sequence[ShardInfo], *, prefix: str | None = None) -> list[str]:
+            created = await sync_shards(shards, prefix=prefix)
             discovered.update({key: time.monotonic() for key in created})
             return created
 

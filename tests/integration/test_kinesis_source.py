@@ -8,10 +8,10 @@ from typing import Any
 import boto3
 import orjson
 import pytest
-from streamkit.connectors.local.memory_sink import MemorySink
 
 from streamkit.build import build_pipeline
 from streamkit.config import parse_config
+from streamkit.connectors.local.memory_sink import MemorySink
 from streamkit.runtime import Runtime
 from tests.helpers import wait_for
 from tests.integration.kinesis_helpers import create_stream, put_json
@@ -46,12 +46,16 @@ async def test_reads_every_shard_checkpoints_in_the_lease_table_and_resumes(kine
     pipeline = kinesis_pipeline(kinesalite.endpoint_url, moto_server.endpoint_url, "orders")
     stop = asyncio.Event()
     task = asyncio.create_task(Runtime(pipeline).run(stop))
-    sink = lambda: MemorySink.instances.get("out")  # noqa: E731
-    await wait_for(lambda: sink() is not None and sink().written_records >= 1500, timeout=30)  # type: ignore[union-attr]
+
+    def written() -> int:
+        sink = MemorySink.instances.get("out")
+        return sink.written_records if sink is not None else 0
+
+    await wait_for(lambda: written() >= 1500, timeout=30)
     stop.set()
     summary = await task
     assert summary.drained
-    got = sorted(orjson.loads(p)["id"] for p in sink().payloads())  # type: ignore[union-attr]
+    got = sorted(orjson.loads(p)["id"] for p in MemorySink.instances["out"].payloads())
     assert got == list(range(1500))
 
     leases = lease_items(moto_server.endpoint_url, "ktest-leases")
@@ -67,11 +71,11 @@ async def test_reads_every_shard_checkpoints_in_the_lease_table_and_resumes(kine
     pipeline = kinesis_pipeline(kinesalite.endpoint_url, moto_server.endpoint_url, "orders")
     stop = asyncio.Event()
     task = asyncio.create_task(Runtime(pipeline).run(stop))
-    await wait_for(lambda: sink() is not None and sink().written_records >= 100, timeout=30)  # type: ignore[union-attr]
+    await wait_for(lambda: written() >= 100, timeout=30)
     await asyncio.sleep(0.5)
     stop.set()
     await task
-    assert sorted(orjson.loads(p)["id"] for p in sink().payloads()) == list(range(1500, 1600))  # type: ignore[union-attr]
+    assert sorted(orjson.loads(p)["id"] for p in MemorySink.instances["out"].payloads()) == list(range(1500, 1600))
 
 
 @pytest.mark.usefixtures("aws_env")

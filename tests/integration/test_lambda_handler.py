@@ -26,9 +26,6 @@ import pytest
 import structlog.testing
 import yaml
 from aiobotocore.session import get_session
-from streamkit.connectors.kinesis.kpl import MAGIC
-from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink
-from streamkit.processors.json_codec import JsonDecode
 
 from streamkit import aws_lambda
 from streamkit.aws_lambda import make_handler
@@ -39,8 +36,11 @@ from streamkit.aws_lambda.pipeline import load as load_pipeline
 from streamkit.batch import RecordBatch, concat_payloads
 from streamkit.chain import Chain
 from streamkit.checkpoint import MemoryCheckpointStore
+from streamkit.connectors.kinesis.kpl import MAGIC
+from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink
+from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import ConfigError
-from streamkit.localstack import MotoServer
+from streamkit.processors.json_codec import JsonDecode
 from streamkit.runtime import Pipeline, Route
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 from tests.helpers import modelled_response

@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from botocore.exceptions import ReadTimeoutError
+
+from streamkit.config import AwsSettings
 from streamkit.connectors.aws_clients import AwsClient, lease_table_options
 from streamkit.connectors.dynamodb import (
     TRIM_HORIZON,
@@ -26,8 +28,6 @@ from streamkit.connectors.dynamodb import (
     LeaseTableError,
     lease_retry,
 )
-
-from streamkit.config import AwsSettings
 from streamkit.localstack import MotoServer
 from streamkit.retry import RetryPolicy
 from tests.tcp_proxy import TcpProxy
@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("aws_env")]
 
 
 @pytest.fixture
-def proxy(moto_server: MotoServer) -> AsyncIterator[TcpProxy]:
+def proxy(moto_server: MotoServer) -> Iterator[TcpProxy]:
     with TcpProxy.running(moto_server.endpoint_url) as running:
         yield running
 

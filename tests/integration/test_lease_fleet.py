@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from benchmarks.lease_fleet import FleetSettings, simulate
-from streamkit.localstack import MotoServer
+from streamkit.devtools.localstack import MotoServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240), pytest.mark.usefixtures("aws_env")]
 

@@ -24,7 +24,7 @@ import pytest
 
 from streamkit.build import build_pipeline
 from streamkit.config import parse_config
-from streamkit.localstack import Kinesalite, MotoServer
+from streamkit.devtools.localstack import Kinesalite, MotoServer
 from streamkit.runtime import Pipeline, Runtime
 from tests.integration.kinesis_helpers import create_stream
 from tests.integration.s3_audit import Audit, read_objects

@@ -17,9 +17,9 @@ from typing import Any
 import boto3
 import pytest
 from aiobotocore.session import get_session
-from streamkit.connectors.dynamodb import SHARD_END, TRIM_HORIZON, Lease, LeaseTable, ShardInfo
 
-from streamkit.localstack import MotoServer
+from streamkit.connectors.dynamodb import SHARD_END, TRIM_HORIZON, Lease, LeaseTable, ShardInfo
+from streamkit.devtools.localstack import MotoServer
 from streamkit.retry import RetryPolicy
 from tests.integration.test_leases import FAILOVER, SLACK, TAKER, Client, coordinator, running, wait_for
 

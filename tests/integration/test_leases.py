@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
+
 from streamkit.connectors.dynamodb import (
     LATEST,
     OWNER_INDEX_NAME,
@@ -30,8 +31,7 @@ from streamkit.connectors.dynamodb import (
     LeaseTableError,
     ShardInfo,
 )
-
-from streamkit.localstack import MotoServer
+from streamkit.devtools.localstack import MotoServer
 from streamkit.retry import RetryPolicy
 
 FAILOVER = 0.6  # renew every 0.2 s, scan every 0.6 s

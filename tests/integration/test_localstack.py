@@ -18,7 +18,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from streamkit.localstack import (
+from streamkit.devtools.localstack import (
     InProcessMotoServer,
     Kinesalite,
     KinesisLocal,
@@ -29,10 +29,10 @@ from streamkit.localstack import (
     ServerStartError,
     TansuBroker,
 )
-from streamkit.localstack._process import Launch, spawn_on_ports
+from streamkit.devtools.localstack._process import Launch, spawn_on_ports
 
 REGION = "us-east-1"
-FORCE_LOOPBACK_JS = Path(__file__).resolve().parents[2] / "streamkit" / "localstack" / "force_loopback.js"
+FORCE_LOOPBACK_JS = Path(__file__).resolve().parents[2] / "streamkit" / "devtools" / "localstack" / "force_loopback.js"
 
 
 def aws(service: str, endpoint_url: str) -> Any:
@@ -348,7 +348,7 @@ def test_stop_escalates_to_sigkill_for_a_server_that_ignores_sigterm(tmp_path: P
 
 @pytest.mark.timeout(30)
 def test_atexit_stops_servers_left_running(tmp_path: Path) -> None:
-    code = "from streamkit.localstack import TansuBroker; b = TansuBroker.start(); print(b.pid, b.log_path)"
+    code = "from streamkit.devtools.localstack import TansuBroker; b = TansuBroker.start(); print(b.pid, b.log_path)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20)
     assert out.returncode == 0, out.stderr
     pid_text, log_path = out.stdout.split()

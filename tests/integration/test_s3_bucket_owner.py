@@ -13,12 +13,12 @@ from typing import Any
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
-from streamkit.connectors.s3.sink import S3Sink
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import Partition
+from streamkit.connectors.s3.sink import S3Sink
+from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import ConfigError
-from streamkit.localstack import MotoServer
 from tests.helpers import modelled_response
 from tests.integration.test_s3_dead_letter import failure, make_dlq
 from tests.integration.test_s3_sink import (

@@ -14,14 +14,15 @@ import duckdb
 import orjson
 import pytest
 from botocore.awsrequest import AWSResponse
-from streamkit.connectors.s3.dead_letter import S3DeadLetter, S3DeadLetterOptions
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import Partition, RecordBatch
-from streamkit.build import BuildEnv, build_pipeline
+from streamkit.build import build_pipeline
 from streamkit.config import AwsSettings, convert, parse_config
+from streamkit.connectors.s3.dead_letter import S3DeadLetter, S3DeadLetterOptions
+from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import ConfigError
-from streamkit.localstack import MotoServer
+from streamkit.plugin_env import PluginEnv
 from streamkit.processor import Failure
 from streamkit.runtime import Runtime
 from tests.helpers import modelled_response
@@ -46,7 +47,7 @@ def make_dlq(moto: MotoServer, **options: Any) -> S3DeadLetter:
     section = {"bucket": BUCKET, "retry": FAST_RETRY, **options}
     aws = AwsSettings(region=REGION, endpoints={"s3": moto.endpoint_url})
     dlq = S3DeadLetter(
-        convert(section, S3DeadLetterOptions, "dead_letter"), BuildEnv("p", aws, Path.cwd(), "dead_letter")
+        convert(section, S3DeadLetterOptions, "dead_letter"), PluginEnv("p", aws, Path.cwd(), "dead_letter")
     )
     dlq.pipeline = "orders-pipeline"
     return dlq

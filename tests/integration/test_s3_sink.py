@@ -32,16 +32,17 @@ import pyarrow.dataset as ds
 import pytest
 import yaml
 from botocore.awsrequest import AWSResponse
-from streamkit.connectors.local.memory_sink import MemoryDeadLetter
-from streamkit.connectors.s3.sink import S3Sink, S3SinkOptions, marker_key
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import Partition, RecordBatch
-from streamkit.build import BuildEnv, build_pipeline
+from streamkit.build import build_pipeline
 from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.config import AwsSettings, convert, parse_config
+from streamkit.connectors.local.memory_sink import MemoryDeadLetter
+from streamkit.connectors.s3.sink import S3Sink, S3SinkOptions, marker_key
+from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import ConfigError, SinkError
-from streamkit.localstack import MotoServer
+from streamkit.plugin_env import PluginEnv
 from streamkit.runtime import Pipeline, Route, RunSummary, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 from tests.helpers import modelled_response, wait_for
@@ -132,7 +133,7 @@ async def run(pipeline: Pipeline) -> RunSummary:
 def make_sink(endpoint_url: str, **options: Any) -> S3Sink:
     section = {"bucket": BUCKET, "retry": FAST_RETRY, "window_s": 0, "partition_template": "", **options}
     aws = AwsSettings(region=REGION, endpoints={"s3": endpoint_url})
-    sink = S3Sink(convert(section, S3SinkOptions, "sinks[0]"), BuildEnv("test", aws, Path.cwd(), "sinks[0]"))
+    sink = S3Sink(convert(section, S3SinkOptions, "sinks[0]"), PluginEnv("test", aws, Path.cwd(), "sinks[0]"))
     sink.bind("s3", MemoryDeadLetter(), None)
     return sink
 
@@ -540,7 +541,7 @@ class FlakySink(BufferedSink):
 
 
 class TrackingS3Sink(S3Sink):
-    def __init__(self, options: S3SinkOptions, env: BuildEnv) -> None:
+    def __init__(self, options: S3SinkOptions, env: PluginEnv) -> None:
         super().__init__(options, env)
         self.confirmed: set[int] = set()
 
@@ -587,7 +588,7 @@ async def test_fan_out_checkpoints_only_what_both_sinks_confirmed(
     base = build(config, tmp_path)
     s3_section = {k: v for k, v in config["sinks"][0].items() if k != "type"}
     aws = AwsSettings(region=REGION, endpoints={"s3": moto_server.endpoint_url})
-    s3_sink = TrackingS3Sink(convert(s3_section, S3SinkOptions, "sinks[0]"), BuildEnv("t", aws, tmp_path, "sinks[0]"))
+    s3_sink = TrackingS3Sink(convert(s3_section, S3SinkOptions, "sinks[0]"), PluginEnv("t", aws, tmp_path, "sinks[0]"))
     flaky = FlakySink()
     store = RecordingStore([s3_sink, flaky])
     routes = [Route("s3", s3_sink), Route("flaky", flaky)]

@@ -12,8 +12,8 @@ from botocore.awsrequest import AWSResponse
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import Partition
+from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import SinkError
-from streamkit.localstack import MotoServer
 from tests.helpers import modelled_response
 from tests.integration.test_s3_sink import BUCKET, REGION, make_sink, records, routed, write_all
 

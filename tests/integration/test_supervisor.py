@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import yaml
 
-from streamkit.localstack import free_port
+from streamkit.devtools.localstack import free_port
 
 CLI = [sys.executable, "-m", "streamkit", "--log-format", "json"]
 

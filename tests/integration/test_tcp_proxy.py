@@ -9,7 +9,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
-from streamkit.localstack import MotoServer
+from streamkit.devtools.localstack import MotoServer
 from tests.tcp_proxy import TcpProxy
 
 

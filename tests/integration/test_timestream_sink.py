@@ -26,13 +26,14 @@ from typing import Any
 import boto3
 import pytest
 from aiobotocore.session import get_session
+
+from streamkit.build import build_pipeline
+from streamkit.config import AwsSettings, convert, parse_config
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter
 from streamkit.connectors.timestream import TimestreamOptions, TimestreamSink
-
-from streamkit.build import BuildEnv, build_pipeline
-from streamkit.config import AwsSettings, convert, parse_config
+from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import ConfigError, SinkError
-from streamkit.localstack import MotoServer
+from streamkit.plugin_env import PluginEnv
 from streamkit.runtime import Runtime
 from tests.helpers import modelled_response, started, ticketed, wait_for
 
@@ -76,7 +77,7 @@ def measure(record: dict[str, Any], name: str) -> str:
 def make_sink(moto: MotoServer, **overrides: Any) -> tuple[TimestreamSink, MemoryDeadLetter]:
     aws = AwsSettings(region=REGION, endpoints={"timestream-write": moto.endpoint_url})
     options = convert({**SECTION, **overrides}, TimestreamOptions, "sinks[1]")
-    sink = TimestreamSink(options, BuildEnv("test", aws, Path.cwd(), "sinks[1]"))
+    sink = TimestreamSink(options, PluginEnv("test", aws, Path.cwd(), "sinks[1]"))
     dlq = MemoryDeadLetter()
     sink.bind("timestream", dlq, None)
     return sink, dlq

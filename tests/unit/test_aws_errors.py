@@ -21,6 +21,7 @@ from botocore.exceptions import (
     ParamValidationError,
     ReadTimeoutError,
 )
+
 from streamkit.connectors.aws_clients import (
     KINESIS_TRANSIENT_CODES,
     is_access_error,

@@ -7,22 +7,22 @@ from typing import Any
 
 import orjson
 import pytest
+
+from streamkit.acks import PartitionTracker
+from streamkit.batch import RecordBatch
+from streamkit.chain import Chain
+from streamkit.config import AwsSettings
+from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
+from streamkit.plugins import load_plugin
+from streamkit.processor import Failure
 from streamkit.processors.filter import Filter
 from streamkit.processors.json_codec import JsonDecode
 from streamkit.processors.json_project import JsonProject
 from streamkit.processors.project import Map
-
-from streamkit.acks import PartitionTracker
-from streamkit.batch import RecordBatch
-from streamkit.build import BuildEnv
-from streamkit.chain import Chain
-from streamkit.config import AwsSettings
-from streamkit.errors import ConfigError
-from streamkit.plugins import load_plugin
-from streamkit.processor import Failure
 from tests.helpers import P
 
-ENV = BuildEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")
+ENV = PluginEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")
 
 ROWS: list[Any] = [
     {"id": 1, "status": "ok", "event": "click", "user": {"id": 7, "country": "DE"}, "amount": 1.5, "pad": "x" * 50},

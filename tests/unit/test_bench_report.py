@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamkit.bench.measure import MIB, Figures, ShardFigures, clocked
-from streamkit.bench.report import Report, markdown
-from streamkit.bench.runner import Bench, BenchOptions
+from streamkit.devtools.bench.measure import MIB, Figures, ShardFigures, clocked
+from streamkit.devtools.bench.report import Report, markdown
+from streamkit.devtools.bench.runner import Bench, BenchOptions
 
 
 def figures(name: str, records: int, seconds: float, cpu_s: float, **extra: Any) -> Figures:

@@ -8,14 +8,14 @@ from typing import Any
 import botocore.parsers
 import botocore.session
 import orjson
+
+from streamkit.chain import Chain
+from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.connectors.kinesis.decode import decode_get_records
 from streamkit.connectors.kinesis.reader import ShardReader
 from streamkit.connectors.kinesis.synthetic import SyntheticKinesisSource, SyntheticShardReader
 from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
-
-from streamkit.bench.data import FIRST_SEQUENCE, RECORDS_PER_BODY, recorded_shard
-from streamkit.chain import Chain
-from streamkit.checkpoint import MemoryCheckpointStore
+from streamkit.devtools.bench.data import FIRST_SEQUENCE, RECORDS_PER_BODY, recorded_shard
 from streamkit.runtime import Pipeline, Route, Runtime
 
 

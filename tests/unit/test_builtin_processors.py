@@ -6,17 +6,17 @@ from typing import Any
 
 import numpy as np
 import orjson
+
+from streamkit.chain import Chain
+from streamkit.config import AwsSettings
+from streamkit.plugin_env import PluginEnv
 from streamkit.processors.filter import Filter
 from streamkit.processors.json_codec import JsonDecode, JsonEncode
 from streamkit.processors.project import Map
 from streamkit.processors.timestamp import Timestamp
-
-from streamkit.build import BuildEnv
-from streamkit.chain import Chain
-from streamkit.config import AwsSettings
 from tests.helpers import ticketed
 
-ENV = BuildEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")
+ENV = PluginEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")
 
 ROWS = [
     {"id": 1, "status": "ok", "user": {"id": 7, "country": "DE"}, "ts": 1_700_000_000_000},
@@ -85,5 +85,5 @@ def test_predicate_fields_name_what_a_predicate_reads() -> None:
     from streamkit.predicates import predicate_fields
 
     spec = {"all": [{"field": "status", "equals": "ok"}, {"not": {"any": [{"field": "user.country", "in": ["DE"]}]}}]}
-    assert predicate_fields(spec) == {"status", "user.country"}
+    assert predicate_fields(spec) == frozenset({"status", "user.country"})
     assert predicate_fields({"any": [{"field": "a", "exists": True}, {"callable": "m:f"}]}) is None

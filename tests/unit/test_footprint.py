@@ -14,7 +14,7 @@ import pytest
 
 from streamkit.backpressure import ByteBudget, Expansion
 from streamkit.batch import Partition, RecordBatch
-from streamkit.bench.data import record_payloads
+from streamkit.devtools.bench.data import record_payloads
 from streamkit.footprint import BYTES_HEADER, POINTER, batch_footprint, deep_size, footprint, sampled_size
 from streamkit.json_bytes import dumps_all, dumps_tight
 

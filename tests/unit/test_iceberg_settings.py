@@ -9,15 +9,15 @@ import pytest
 from pyiceberg.schema import Schema
 from pyiceberg.transforms import BucketTransform, DayTransform, IdentityTransform, TruncateTransform
 from pyiceberg.types import DecimalType, IntegerType, LongType, NestedField, StringType, TimestamptzType
+
+from streamkit.config import AwsSettings
 from streamkit.connectors.iceberg import positions
 from streamkit.connectors.iceberg.schema import RecordConverter, iceberg_type, infer_columns
 from streamkit.connectors.iceberg.settings import CatalogOptions, catalog_properties
 from streamkit.connectors.iceberg.table import partition_field
 from streamkit.connectors.kinesis.positions import KinesisPosition
-
-from streamkit.build import BuildEnv
-from streamkit.config import AwsSettings
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 
 
 def test_positions_order_as_numbers_not_text() -> None:
@@ -111,7 +111,7 @@ def test_conversion_finds_the_culprits_and_what_to_widen() -> None:
 
 
 def test_rest_catalog_properties_sign_with_sigv4_and_refuse_credentials(tmp_path: Path) -> None:
-    env = BuildEnv("p", AwsSettings(region="eu-west-1"), tmp_path, "sinks[0]")
+    env = PluginEnv("p", AwsSettings(region="eu-west-1"), tmp_path, "sinks[0]")
     s3tables = CatalogOptions(
         type="rest",
         uri="https://s3tables.eu-west-1.amazonaws.com/iceberg",
@@ -131,7 +131,7 @@ def test_rest_catalog_properties_sign_with_sigv4_and_refuse_credentials(tmp_path
 
 
 def test_sql_catalog_paths_are_relative_to_the_pipeline_file(tmp_path: Path) -> None:
-    env = BuildEnv("p", AwsSettings(region="us-east-1", endpoints={"s3": "http://127.0.0.1:5"}), tmp_path, "s")
+    env = PluginEnv("p", AwsSettings(region="us-east-1", endpoints={"s3": "http://127.0.0.1:5"}), tmp_path, "s")
     props = catalog_properties(CatalogOptions(type="sql", path="out/cat.db", warehouse="out/wh"), env)
     assert props["uri"] == f"sqlite:///{tmp_path / 'out' / 'cat.db'}"
     assert props["warehouse"] == (tmp_path / "out" / "wh").as_uri()
@@ -142,16 +142,15 @@ def test_sql_catalog_paths_are_relative_to_the_pipeline_file(tmp_path: Path) -> 
 def test_without_pyiceberg_the_sink_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
+    from streamkit.config import convert
     from streamkit.connectors.iceberg.settings import IcebergOptions
     from streamkit.connectors.iceberg.sink import IcebergSink
-
-    from streamkit.config import convert
 
     monkeypatch.delitem(sys.modules, "streamkit.connectors.iceberg.table", raising=False)
     for name in [n for n in sys.modules if n == "pyiceberg" or n.startswith("pyiceberg.")]:
         monkeypatch.setitem(sys.modules, name, None)  # an import of it now fails, as when not installed
     section = {"catalog": {"type": "sql", "path": "c.db", "warehouse": "wh"}, "table": "a.b"}
-    env = BuildEnv("p", AwsSettings(), tmp_path, "sinks[0]")
+    env = PluginEnv("p", AwsSettings(), tmp_path, "sinks[0]")
     with pytest.raises(ConfigError) as caught:
         IcebergSink(convert(section, IcebergOptions, "sinks[0]"), env)
     assert caught.value.path == "sinks[0].type"

@@ -10,13 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
+from streamkit.batch import RecordBatch
 from streamkit.connectors.influxdb.lineproto import escape_key, escape_measurement, quote_string
 from streamkit.connectors.influxdb.mapping import FieldOptions, LineMapping, Precision, TagOptions
 from streamkit.connectors.timestream.mapping import InvalidRecord, TimeOptions
-
-from streamkit.batch import RecordBatch
+from streamkit.devtools.localstack.influx_lp import UInt, parse_line
 from streamkit.errors import ConfigError
-from streamkit.localstack.influx_lp import UInt, parse_line
 from tests.helpers import P, json_batch
 
 

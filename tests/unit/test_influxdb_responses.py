@@ -7,6 +7,7 @@ import time
 
 import orjson
 import pytest
+
 from streamkit.connectors.influxdb.responses import (
     PARTIAL_REPORT_LIMIT,
     FirstBad,

@@ -14,13 +14,13 @@ import pytest
 from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from streamkit.processors.avro_codec import AvroDecode, AvroDecodeOptions, RegistryOptions
 
 from streamkit.batch import Partition, RecordBatch
-from streamkit.build import BuildEnv
 from streamkit.chain import Chain
 from streamkit.config import AwsSettings
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
+from streamkit.processors.avro_codec import AvroDecode, AvroDecodeOptions, RegistryOptions
 
 SCHEMA = {
     "type": "record",
@@ -32,8 +32,8 @@ VALUES = [{"id": i, "page": f"/p/{i}"} for i in range(5)]
 P = Partition("kafka:clicks", "0")
 
 
-def env(tmp_path: Path) -> BuildEnv:
-    return BuildEnv("test", AwsSettings(), tmp_path, where="processors[0]")
+def env(tmp_path: Path) -> PluginEnv:
+    return PluginEnv("test", AwsSettings(), tmp_path, where="processors[0]")
 
 
 def body(value: dict[str, Any], schema: dict[str, Any] = SCHEMA) -> bytes:

@@ -13,12 +13,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from streamkit.connectors.kafka.auth import IamTokenProvider
-from streamkit.connectors.kafka.options import consumer_config
-from streamkit.connectors.kafka.source import KafkaSource
 
 from streamkit.build import build_pipeline
 from streamkit.config import parse_config
+from streamkit.connectors.kafka.auth import IamTokenProvider
+from streamkit.connectors.kafka.options import consumer_config
+from streamkit.connectors.kafka.source import KafkaSource
 from streamkit.errors import ConfigError
 from streamkit.redact import redacted
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
 from streamkit.connectors.kafka.consumer import ConsumerThread
 from streamkit.connectors.kafka.feed import Chunk, PartitionFeed, to_batch
 from streamkit.connectors.kafka.offsets import KafkaOffsetStore, partition_of
 from streamkit.connectors.kafka.options import KafkaOptions
-
 from streamkit.errors import CheckpointRejected
 from tests.helpers import wait_for
 

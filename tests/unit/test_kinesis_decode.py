@@ -12,6 +12,7 @@ import botocore.session
 import numpy as np
 import orjson
 import pytest
+
 from streamkit.connectors.kinesis.decode import (
     MISSING_ARRIVAL_MS,
     ChildShard,
@@ -133,7 +134,7 @@ def test_empty_records() -> None:
     body = b'{"Records":[],"NextShardIterator":"AAAA","MillisBehindLatest":0}'
     ours = decode_get_records(body)
     assert len(ours) == 0
-    assert ours.payloads == ours.sequence_numbers == ours.partition_keys == []
+    assert ours.payloads == [] and ours.sequence_numbers == [] and ours.partition_keys == []
     assert ours.arrival_ms.shape == (0,)
     assert ours.arrival_ms.dtype == np.int64
     assert ours.next_shard_iterator == "AAAA"

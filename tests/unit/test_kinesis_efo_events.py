@@ -12,12 +12,12 @@ import pytest
 import structlog
 import yaml
 from botocore.eventstream import EventStreamBuffer
+
+from streamkit import cli
 from streamkit.connectors.kinesis.decode import GetRecordsDecodeError, decode_subscribe_event
 from streamkit.connectors.kinesis.efo import FanOutOptions
 from streamkit.connectors.kinesis.source import KinesisSource
-
-from streamkit import cli
-from streamkit.localstack.efo_proxy import INITIAL_RESPONSE, event_message
+from streamkit.devtools.localstack.efo_proxy import INITIAL_RESPONSE, event_message
 
 
 def event(records: list[tuple[str, bytes]], continuation: str | None, children: list[dict[str, Any]] | None) -> bytes:

@@ -14,6 +14,7 @@ import orjson
 import pytest
 from aws_kinesis_agg import messages_pb2  # importable only after the modules above fix sys.path
 from google.protobuf.message import DecodeError
+
 from streamkit.connectors.kinesis.decode import DeaggregatedRecords, deaggregate, decode_get_records
 from streamkit.connectors.kinesis.kpl import (
     MAGIC,

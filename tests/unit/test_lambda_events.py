@@ -15,12 +15,12 @@ from typing import Any
 import aws_kinesis_agg.aggregator as agg
 import numpy as np
 import pytest
-from streamkit.connectors.kafka.lambda_event import decode_kafka_event
-from streamkit.connectors.kinesis.kpl import MAGIC
-from streamkit.connectors.kinesis.lambda_event import decode_kinesis_event
 
 from streamkit.aws_lambda.events import EventFormatError, decode_event, decoder_for
 from streamkit.batch import Partition
+from streamkit.connectors.kafka.lambda_event import decode_kafka_event
+from streamkit.connectors.kinesis.kpl import MAGIC
+from streamkit.connectors.kinesis.lambda_event import decode_kinesis_event
 from streamkit.plugins import available
 
 STREAM_ARN = "arn:aws:kinesis:us-east-2:123456789012:stream/clicks"

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pytest
+
 from streamkit.connectors.dynamodb import (
     DEFAULT_FAILOVER_TIME,
     DEFAULT_LEASE_RETRY,

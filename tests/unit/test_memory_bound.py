@@ -9,14 +9,14 @@ from collections.abc import Sequence
 
 import orjson
 import pybase64
-from streamkit.connectors.kinesis.synthetic import SyntheticKinesisSource
-from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
 
 from streamkit.batch import RecordBatch
-from streamkit.bench.data import build_body, record_payloads
-from streamkit.bench.pipelines import build_with_source
 from streamkit.build import build_pipeline
-from streamkit.config import parse_config
+from streamkit.config import Size, parse_config
+from streamkit.connectors.kinesis.synthetic import SyntheticKinesisSource
+from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
+from streamkit.devtools.bench.data import build_body, record_payloads
+from streamkit.devtools.bench.pipelines import build_with_source
 from streamkit.runtime import Route, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
 
@@ -33,7 +33,7 @@ class HoardingSink(BufferedSink):
 
     def __init__(self) -> None:
         # Long enough that, even on a loaded machine, more arrives meanwhile than the budget admits.
-        super().__init__(BufferOptions(max_records=10**9, max_bytes=2**40, max_age_s=2.0))
+        super().__init__(BufferOptions(max_records=10**9, max_bytes=Size(2**40), max_age_s=2.0))
         self.written = 0
         self.all_decoded = True
 

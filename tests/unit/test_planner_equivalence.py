@@ -19,25 +19,25 @@ from typing import Any
 import orjson
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
+from streamkit.batch import Partition, RecordBatch
+from streamkit.chain import Chain
+from streamkit.checkpoint import MemoryCheckpointStore
+from streamkit.config import AwsSettings, Size
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink, MemorySinkOptions
 from streamkit.connectors.local.replay import ReplaySource
+from streamkit.planner import FusedJson
+from streamkit.plugin_env import PluginEnv
+from streamkit.predicates import batch_predicate, compile_values_predicate
+from streamkit.processor import PerRecord, Processor
 from streamkit.processors.filter import Filter
 from streamkit.processors.json_codec import JsonDecode, JsonEncode
 from streamkit.processors.project import Map
 from streamkit.processors.timestamp import Timestamp
-
-from streamkit.batch import Partition, RecordBatch
-from streamkit.build import BuildEnv
-from streamkit.chain import Chain
-from streamkit.checkpoint import MemoryCheckpointStore
-from streamkit.config import AwsSettings
-from streamkit.planner import FusedJson
-from streamkit.predicates import batch_predicate, compile_values_predicate
-from streamkit.processor import PerRecord, Processor
 from streamkit.runtime import Pipeline, Route, Runtime
 from tests.helpers import P, ticketed
 
-ENV = BuildEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")
+ENV = PluginEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")
 OUT_OF_RANGE = re.compile(rb"-[0-9]{19}|[0-9]{20}|[eE][+-]?[0-9]{3}")
 """Numbers where the fused decoder and orjson differ by design (docs/performance.md)."""
 
@@ -244,8 +244,8 @@ async def test_the_planner_fuses_the_natural_spelling() -> None:
 
 
 async def run_pipeline(data: dict[str, list[bytes]], chain: list[Processor], plan: bool, when: dict[str, Any]) -> Any:
-    routed = MemorySink(MemorySinkOptions(max_records=7, max_bytes=1 << 20))
-    everything = MemorySink(MemorySinkOptions(max_records=5, max_bytes=1 << 20))
+    routed = MemorySink(MemorySinkOptions(max_records=7, max_bytes=Size(1 << 20)))
+    everything = MemorySink(MemorySinkOptions(max_records=5, max_bytes=Size(1 << 20)))
     dead = MemoryDeadLetter()
     dead.pipeline = "t"
     predicate = batch_predicate(compile_values_predicate(when, "sinks[0].when", ENV.resolve))

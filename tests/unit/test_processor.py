@@ -4,12 +4,12 @@ import asyncio
 from typing import Any
 
 import pytest
-from streamkit.processors.json_codec import JsonDecode, JsonEncode
 
 from streamkit.batch import RecordBatch
 from streamkit.chain import Chain
 from streamkit.errors import ProcessingError
 from streamkit.processor import PerRecord, as_processor, batch_processor
+from streamkit.processors.json_codec import JsonDecode, JsonEncode
 from tests.helpers import json_batch, ticketed
 
 

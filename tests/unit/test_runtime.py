@@ -8,15 +8,15 @@ from typing import Any
 
 import orjson
 import pytest
-from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink, MemorySinkOptions
-from streamkit.processors.json_codec import JsonDecode
 
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import build_pipeline
 from streamkit.chain import Chain
 from streamkit.checkpoint import MemoryCheckpointStore
 from streamkit.config import parse_config
+from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink, MemorySinkOptions
 from streamkit.errors import CheckpointDeferred, SinkError
+from streamkit.processors.json_codec import JsonDecode
 from streamkit.runtime import Pipeline, Route, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection, Sink
 from streamkit.source import PartitionReader, Source, SourceBatch
@@ -41,7 +41,8 @@ def pipeline(sinks: list[dict[str, Any]], **extra: Any) -> Pipeline:
     return build_pipeline(parse_config(data))
 
 
-def ids(sink: MemorySink) -> list[str]:
+def ids(sink: MemorySink) -> list[Any]:
+    """The records' ids: strings from the generator, ints from the hand-made payloads."""
     return [orjson.loads(p)["id"] for p in sink.payloads()]
 
 
@@ -183,7 +184,10 @@ async def test_age_timer_flushes_a_quiet_partition_before_any_size_limit() -> No
     )
     stop = asyncio.Event()
     task = asyncio.create_task(Runtime(p).run(stop))
-    sink_written = lambda: MemorySink.instances["timer"].written_records  # noqa: E731
+
+    def sink_written() -> int:
+        return MemorySink.instances["timer"].written_records
+
     await wait_for(lambda: "timer" in MemorySink.instances and sink_written() >= 5, timeout=5)
     written_before_stop = sink_written()
     stop.set()

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+
 from streamkit.connectors.s3.formats import (
     InvalidFormatConfig,
     ObjectWriter,

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
+
 from streamkit.connectors.s3.formats import make_writer
 from streamkit.connectors.s3.keys import (
     HIVE_DEFAULT_PARTITION,

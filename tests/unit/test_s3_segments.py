@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+
+from streamkit.acks import PartitionTracker
+from streamkit.batch import Partition, RecordBatch
 from streamkit.connectors.s3.dead_letter import dead_letter_key
 from streamkit.connectors.s3.formats import make_writer
 from streamkit.connectors.s3.keys import compile_partitioner
 from streamkit.connectors.s3.segments import Segment, SegmentRules, ShardSegments
 from streamkit.connectors.s3.sink import marker_key
-
-from streamkit.acks import PartitionTracker
-from streamkit.batch import Partition, RecordBatch
 from streamkit.errors import SinkError
 from streamkit.processor import Failure
 

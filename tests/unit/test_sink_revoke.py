@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink
 
 from streamkit.batch import Partition
-from streamkit.build import BuildEnv, build_plugin
+from streamkit.build import build_plugin
 from streamkit.config import AwsSettings
+from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink
+from streamkit.plugin_env import PluginEnv
 from streamkit.processor import Failure
 from tests.helpers import ticketed
 
@@ -59,9 +60,9 @@ def written_files(directory: Path) -> list[Path]:
     return list(directory.rglob("*.ndjson*"))
 
 
-def env(tmp_path: Path, where: str) -> BuildEnv:
+def env(tmp_path: Path, where: str) -> PluginEnv:
     endpoints = {service: NOWHERE for service in ("s3", "firehose", "timestream-write")}
-    return BuildEnv("revoke", AwsSettings(region="us-east-1", endpoints=endpoints), tmp_path, where)
+    return PluginEnv("revoke", AwsSettings(region="us-east-1", endpoints=endpoints), tmp_path, where)
 
 
 @pytest.mark.parametrize("kind", sorted(SINKS))

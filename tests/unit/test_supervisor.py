@@ -9,7 +9,9 @@ import pytest
 
 from streamkit.batch import Partition
 from streamkit.checkpoint import FileCheckpointStore
+from streamkit.config import AwsSettings
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from streamkit.share import ProcessShare, process_share
 from streamkit.supervisor import merge_prometheus, resolve_processes
 
@@ -59,15 +61,13 @@ def test_prometheus_texts_merge_per_family_with_a_process_label() -> None:
 
 
 async def test_two_stores_on_one_file_keep_each_others_checkpoints(tmp_path: Path) -> None:
-    class Env:
-        base_dir = tmp_path
-
+    env = PluginEnv("supervisor", AwsSettings(), tmp_path, "checkpoint")
     options = FileCheckpointStore.Options(path="checkpoints.json")
-    first, second = FileCheckpointStore(options, Env()), FileCheckpointStore(options, Env())
+    first, second = FileCheckpointStore(options, env), FileCheckpointStore(options, env)
     await asyncio.gather(first.start(), second.start())
     for i in range(20):
         await asyncio.gather(first.save(Partition("gen", "0"), str(i)), second.save(Partition("gen", "1"), str(i * 10)))
-    reread = FileCheckpointStore(options, Env())
+    reread = FileCheckpointStore(options, env)
     await reread.start()
     assert await reread.load(Partition("gen", "0")) == "19"
     assert await reread.load(Partition("gen", "1")) == "190"

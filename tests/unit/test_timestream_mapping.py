@@ -8,6 +8,11 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+
+from streamkit.acks import PartitionTracker
+from streamkit.batch import RecordBatch
+from streamkit.build import build_plugin
+from streamkit.config import AwsSettings
 from streamkit.connectors.timestream.mapping import (
     VERSION_SCALE,
     DimensionOptions,
@@ -16,12 +21,8 @@ from streamkit.connectors.timestream.mapping import (
     TimeOptions,
     hoist,
 )
-
-from streamkit.acks import PartitionTracker
-from streamkit.batch import RecordBatch
-from streamkit.build import BuildEnv, build_plugin
-from streamkit.config import AwsSettings
 from streamkit.errors import ConfigError
+from streamkit.plugin_env import PluginEnv
 from tests.helpers import P, json_batch, ticketed
 
 
@@ -183,7 +184,7 @@ def test_hoisting_moves_what_every_record_shares_into_common_attributes() -> Non
 
 
 def _build(section: dict[str, Any]) -> Any:
-    env = BuildEnv("test", AwsSettings(), Path.cwd())
+    env = PluginEnv("test", AwsSettings(), Path.cwd())
     return build_plugin("sink", {"type": "timestream", **section}, "sinks[2]", env, {"name", "when"})
 
 

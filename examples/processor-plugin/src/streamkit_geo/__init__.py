@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from streamkit.batch import RecordBatch
+from streamkit.plugin_env import PluginEnv
 from streamkit.processor import ProcessContext
 
 REGIONS = {"DE": "eu", "FR": "eu", "US": "na", "BR": "sa", "JP": "apac", "IN": "apac"}
@@ -25,7 +26,7 @@ class GeoEnrich:
         unknown: str = "fail"
         """What to do with a country not in the table: ``fail`` (dead-letter the record) or a region name."""
 
-    def __init__(self, options: Options, env: Any) -> None:
+    def __init__(self, options: Options, env: PluginEnv) -> None:
         self.options = options
 
     def __call__(self, batch: RecordBatch, ctx: ProcessContext) -> RecordBatch | None:
@@ -33,9 +34,15 @@ class GeoEnrich:
         out: list[dict[str, Any]] = []
         keep: list[bool] = []
         for i, value in enumerate(batch.values):
-            region = REGIONS.get(value.get(opts.field)) if isinstance(value, dict) else None
+            if not isinstance(value, dict):
+                ctx.fail(batch, [i], f"expected a JSON object, got {type(value).__name__}")
+                keep.append(False)
+                continue
+            country = value.get(opts.field)
+            # Only a string can name a country; a list or dict would not even be hashable for the lookup.
+            region = REGIONS.get(country) if isinstance(country, str) else None
             if region is None and opts.unknown == "fail":
-                ctx.fail(batch, [i], f"no region for {opts.field}={value.get(opts.field)!r}")
+                ctx.fail(batch, [i], f"no region for {opts.field}={country!r}")
                 keep.append(False)
                 continue
             keep.append(True)

@@ -24,7 +24,7 @@ StandInSink = tuple[dict[str, Any], str]
 @contextlib.contextmanager
 def influxdb() -> Iterator[StandInSink]:
     """The InfluxDB sink (v3 write_lp, gzip) against the stand-in, in a child process of its own."""
-    from streamkit.localstack.influxdb import InfluxStandInProcess
+    from streamkit.devtools.localstack.influxdb import InfluxStandInProcess
 
     variable = "STREAMKIT_BENCH_INFLUXDB_TOKEN"
     token = secrets.token_hex(16)

@@ -12,10 +12,10 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from streamkit.bench.data import record_payloads
-from streamkit.bench.inputs import LocalInput
 from streamkit.config import AwsSettings
-from streamkit.localstack import LocalStack
+from streamkit.devtools.bench.data import record_payloads
+from streamkit.devtools.bench.inputs import LocalInput
+from streamkit.devtools.localstack import LocalStack
 
 REGION = "us-east-1"
 PUT_BATCH = 500  # the PutRecords maximum

@@ -23,10 +23,10 @@ import numpy as np
 
 from streamkit.acks import AckTicket
 from streamkit.batch import Partition
-from streamkit.bench.data import PROJECTED_FIELDS
-from streamkit.bench.measure import Figures, ShardFigures, peak_rss_mib, reset_peak_rss, rss_mib
 from streamkit.build import build_pipeline
 from streamkit.config import AwsSettings, PipelineConfig, load_config, parse_config
+from streamkit.devtools.bench.data import PROJECTED_FIELDS
+from streamkit.devtools.bench.measure import Figures, ShardFigures, peak_rss_mib, reset_peak_rss, rss_mib
 from streamkit.metrics import percentiles
 from streamkit.runtime import Pipeline, Runtime
 from streamkit.source import PartitionReader, Source

@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from streamkit.bench.isolate import run_isolated
-from streamkit.bench.measure import Figures
-from streamkit.bench.pipelines import (
+from streamkit.devtools.bench.isolate import run_isolated
+from streamkit.devtools.bench.measure import Figures
+from streamkit.devtools.bench.pipelines import (
     WORK,
     BenchRuntime,
     Variant,
@@ -39,13 +39,13 @@ from streamkit.bench.pipelines import (
     representative,
     run_streamkit,
 )
-from streamkit.bench.report import Report, markdown
+from streamkit.devtools.bench.report import Report, markdown
 from streamkit.errors import ConfigError
 from streamkit.runtime import Pipeline, tune_gc
 from streamkit.source import Source
 
 if TYPE_CHECKING:
-    from streamkit.bench.baselines import Baseline
+    from streamkit.devtools.bench.baselines import Baseline
 
 DEFAULT_RECORDS = {"synthetic": 200_000, "local": 40_000}
 DEFAULT_ROUNDS = {"synthetic": 2, "local": 3, "stream": 1}
@@ -99,11 +99,11 @@ class Bench:
         self.ours: set[str] = set()
         """Names of the streamkit runs (the rest are baselines)."""
         self.stand_in_sink: dict[str, Any] | None = None
-        """The sink section of ``--sink`` NAME from streamkit.bench.sinks, started for the whole run."""
+        """The sink section of ``--sink`` NAME from streamkit.devtools.bench.sinks, started for the whole run."""
 
     def keep(self, figures: Figures) -> None:
         """Keep each side's best round; memory comes from each side's first round. Every side runs in its
-        own fork of this process (streamkit.bench.isolate), so each starts from the same memory; where it
+        own fork of this process (streamkit.devtools.bench.isolate), so each starts from the same memory; where it
         cannot, the first round is the one least affected by what earlier runs left behind."""
         first = self.best.get(figures.name)
         if first is None:
@@ -121,7 +121,7 @@ class Bench:
 
     # -- the streamkit side ----------------------------------------------------------------------
     def run_variant(self, variant: Variant, make: Callable[[], Pipeline], target: int | None, profile: bool) -> None:
-        from streamkit.bench.sinks import RESET_BEFORE_EACH_RUN
+        from streamkit.devtools.bench.sinks import RESET_BEFORE_EACH_RUN
 
         reset = RESET_BEFORE_EACH_RUN.get(self.o.sink)
         if reset is not None and self.stand_in_sink is not None:
@@ -163,7 +163,7 @@ class Bench:
         if self.o.pipeline is not None:
             report.notes.append("baselines do the built-in pipeline's work: they run without a pipeline file only")
             return []
-        from streamkit.bench.baselines import local_baselines, synthetic_baselines
+        from streamkit.devtools.bench.baselines import local_baselines, synthetic_baselines
 
         found = synthetic_baselines() if kind == "synthetic" else local_baselines()
         runnable = []
@@ -183,9 +183,9 @@ class Bench:
     def synthetic(self, report: Report) -> None:
         if self.o.sink == "s3":
             raise ConfigError("--sink", "the s3 sink runs on the local source only (on moto)")
-        from streamkit.bench.data import recorded_shard
-        from streamkit.bench.inputs import SyntheticInput
         from streamkit.connectors.kinesis.synthetic import SyntheticKinesisSource
+        from streamkit.devtools.bench.data import recorded_shard
+        from streamkit.devtools.bench.inputs import SyntheticInput
 
         per_shard = max(1, self.records // self.shards)
         say(f"recording {per_shard:,} records per shard in 10,000-record GetRecords bodies")
@@ -207,8 +207,8 @@ class Bench:
         self.check_outputs(report, data.expected_out, data.records)
 
     def local(self, report: Report) -> None:
-        from streamkit.bench.local import kinesis_section, start_local
         from streamkit.connectors.kinesis.source import KinesisSource
+        from streamkit.devtools.bench.local import kinesis_section, start_local
         from streamkit.plugins import available
 
         installed = any(info.name == "s3" for info in available("sink"))
@@ -254,8 +254,8 @@ class Bench:
             bench.stack.stop()
 
     def stream(self, report: Report) -> None:
-        from streamkit.bench.stream import ReadOnlyStreamSource
         from streamkit.config import AwsSettings
+        from streamkit.devtools.bench.stream import ReadOnlyStreamSource
 
         if self.o.sink == "s3":
             raise ConfigError("--sink", "the s3 sink runs on the local source only (a benchmark never writes to AWS)")
@@ -286,8 +286,8 @@ class Bench:
         report.records = first.records
 
     def start_stand_in_sink(self, stack: contextlib.ExitStack, report: Report) -> dict[str, Any] | None:
-        """Start the stand-in of a ``--sink`` from streamkit.bench.sinks (stopped when the run ends)."""
-        from streamkit.bench.sinks import STAND_IN_SINKS
+        """Start the stand-in of a ``--sink`` from streamkit.devtools.bench.sinks (stopped when the run ends)."""
+        from streamkit.devtools.bench.sinks import STAND_IN_SINKS
 
         make = STAND_IN_SINKS.get(self.o.sink)
         if make is None or self.o.pipeline is not None or self.o.source == "stream":

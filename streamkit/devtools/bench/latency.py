@@ -1,7 +1,7 @@
 """``streamkit bench --source local --latency``: put-to-sink latency, enhanced fan-out against polling.
 
 kinesis-local (the stand-in that implements SubscribeToShard) behind the event-stream proxy
-(streamkit/localstack/efo_proxy.py), moto for the lease table. For each consumer in turn a fresh stream is
+(streamkit/devtools/localstack/efo_proxy.py), moto for the lease table. For each consumer in turn a fresh stream is
 read by the kinesis source as a pipeline configures it, while a writer puts records at a steady rate. A
 record's latency is the time its sink write started minus its ApproximateArrivalTimestamp (set by the
 emulator when it accepted the PutRecords, on the same host clock): put to sink, the sink's own batching
@@ -168,9 +168,9 @@ def _control(aws: AwsSettings) -> Any:
 
 
 def measure_latency(shards: int, rate: float, duration_s: float) -> list[LatencyFigures]:
-    from streamkit.bench.local import use_dummy_credentials
-    from streamkit.localstack import LocalStack
-    from streamkit.localstack.efo_proxy import EventStreamProxy
+    from streamkit.devtools.bench.local import use_dummy_credentials
+    from streamkit.devtools.localstack import LocalStack
+    from streamkit.devtools.localstack.efo_proxy import EventStreamProxy
 
     use_dummy_credentials()
     stack = LocalStack.start(moto=True, kinesalite=False, kinesis_local=True)

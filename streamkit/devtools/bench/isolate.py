@@ -16,7 +16,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from streamkit.bench.measure import Figures
+from streamkit.devtools.bench.measure import Figures
 
 
 class SideFailed(RuntimeError):

@@ -1,7 +1,7 @@
 """Baselines for ``streamkit bench``: the same work, done the ways users would otherwise do it.
 
 Each baseline gets the same records as streamkit in the same run and does the same work per record
-(:mod:`.work`), and returns :class:`streamkit.bench.measure.Figures` so the report can print it beside
+(:mod:`.work`), and returns :class:`streamkit.devtools.bench.measure.Figures` so the report can print it beside
 streamkit's figures as a ratio.
 
 - :mod:`.boto3_loop`: a plain boto3 GetRecords loop. On the synthetic source, the recorded bodies go through

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from isal import igzip
 
-from streamkit.bench.data import PROJECTED_FIELDS
+from streamkit.devtools.bench.data import PROJECTED_FIELDS
 
 FIELDS = PROJECTED_FIELDS
 GZIP_EVERY = 10_000

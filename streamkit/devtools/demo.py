@@ -84,7 +84,7 @@ async def run_demo(output: Path, *, records: int, partitions: int) -> int:
     if missing:
         raise DemoUnavailable(f"needs {' and '.join(missing)}: pip install 'streamkit[demo]'")
     from streamkit.connectors.local import demo_stack
-    from streamkit.localstack import Kinesalite, LocalStack, LocalStackError
+    from streamkit.devtools.localstack import Kinesalite, LocalStack, LocalStackError
 
     # The demo talks only to stand-ins on 127.0.0.1: give them dummy credentials, never the user's.
     for variable in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE"):

@@ -29,8 +29,8 @@ def _candidate_node_modules() -> list[Path]:
     if override:
         # An explicit setting is never silently replaced by a guess.
         return [Path(override)]
-    # streamkit/localstack/_node.py -> the repo checkout holding streamkit/ also holds package.json.
-    repo_root = Path(__file__).resolve().parents[2]
+    # streamkit/devtools/localstack/_node.py -> the repo checkout holding streamkit/ also holds package.json.
+    repo_root = Path(__file__).resolve().parents[3]
     return [repo_root / "node_modules", Path.cwd() / "node_modules"]
 
 

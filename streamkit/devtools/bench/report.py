@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamkit.bench.measure import READ_LIMIT_MIB_S, Figures
+from streamkit.devtools.bench.measure import READ_LIMIT_MIB_S, Figures
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from streamkit.bench.inputs import SyntheticInput
-from streamkit.bench.measure import Figures, clocked
+from streamkit.devtools.bench.inputs import SyntheticInput
+from streamkit.devtools.bench.measure import Figures, clocked
 
 from .work import FIELDS, NdjsonGzip
 

@@ -392,7 +392,7 @@ class InfluxStandInProcess(LocalServer):
     @classmethod
     def start(cls, token: str, *, port: int | None = None, timeout: float = 30.0) -> Self:
         def build(ports: tuple[int, ...]) -> Launch:
-            argv = [sys.executable, "-m", "streamkit.localstack.influxdb", "--port", str(ports[0])]
+            argv = [sys.executable, "-m", "streamkit.devtools.localstack.influxdb", "--port", str(ports[0])]
             env = {**os.environ, TOKEN_ENV: token}
             return Launch(cls.name, argv, ports, lambda: http_status(ports[0], "/health") == 200, env=env)
 

@@ -1,6 +1,6 @@
 """Local stand-ins for AWS and Kafka, started on 127.0.0.1 and free ports, stopped by PID.
 
-    from streamkit.localstack import LocalStack, MotoServer
+    from streamkit.devtools.localstack import LocalStack, MotoServer
 
     with MotoServer.start() as moto:          # blocks until it answers; stops on exit
         boto3.client("s3", endpoint_url=moto.endpoint_url, ...)

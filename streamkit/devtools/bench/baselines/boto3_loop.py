@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from streamkit.bench.inputs import LocalInput, SyntheticInput
-from streamkit.bench.measure import Figures, clocked
+from streamkit.devtools.bench.inputs import LocalInput, SyntheticInput
+from streamkit.devtools.bench.measure import Figures, clocked
 
 from .work import NdjsonGzip, project_payloads
 

@@ -12,8 +12,8 @@ import asyncio
 import time
 from typing import Any
 
-from streamkit.bench.inputs import LocalInput
-from streamkit.bench.measure import Clock, Figures
+from streamkit.devtools.bench.inputs import LocalInput
+from streamkit.devtools.bench.measure import Clock, Figures
 
 from .work import NdjsonGzip, project_values
 

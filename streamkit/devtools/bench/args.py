@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", default=None, help="--source stream: its region")
     parser.add_argument("--initial-position", choices=("TRIM_HORIZON", "LATEST"), default="TRIM_HORIZON",
                         help="--source stream: read the backlog, or only what arrives from now on")  # fmt: skip
-    from streamkit.bench.sinks import STAND_IN_SINKS
+    from streamkit.devtools.bench.sinks import STAND_IN_SINKS
 
     parser.add_argument("--sink", choices=("auto", "memory", "s3", *STAND_IN_SINKS), default="auto",
                         help="built-in pipeline's sink: memory (gzip NDJSON in memory) or s3 (the S3 sink; local "
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from streamkit import log as logsetup
-    from streamkit.bench.runner import BenchOptions, command_line, run_bench
+    from streamkit.devtools.bench.runner import BenchOptions, command_line, run_bench
 
     if args.log_level == "INFO":
         # Partition and lease events at INFO would bury the progress lines; warnings still show.
@@ -58,7 +58,7 @@ def run_from_args(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.latency:
         if args.source != "local":
             raise ConfigError("--latency", "runs on the local source only (--source local)")
-        from streamkit.bench.latency import run_latency
+        from streamkit.devtools.bench.latency import run_latency
 
         return run_latency(args, command_line(argv))
     options = BenchOptions(

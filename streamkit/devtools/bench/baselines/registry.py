@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from streamkit.bench.measure import Figures
+from streamkit.devtools.bench.measure import Figures
 
 from . import async_kinesis, boto3_loop, powertools
 
