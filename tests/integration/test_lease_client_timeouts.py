@@ -28,7 +28,7 @@ from streamkit.connectors.dynamodb import (
     LeaseTableError,
     lease_retry,
 )
-from streamkit.localstack import MotoServer
+from streamkit.devtools.localstack import MotoServer
 from streamkit.retry import RetryPolicy
 from tests.tcp_proxy import TcpProxy
 
