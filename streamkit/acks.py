@@ -72,14 +72,23 @@ class AckTicket:
         else:
             np.subtract.at(self.pending, origin, 1)
         self.outstanding -= len(origin)
+        self._check_and_finish()
+
+    def _check_and_finish(self) -> None:
         if self.outstanding < 0 or (self.outstanding == 0 and self.pending.any()):
             raise AckError(f"records of {self.tracker.partition} acknowledged more often than routed")
         if self.outstanding == 0:
             self._finish()
 
     def release_processing(self) -> None:
-        """The chain has routed every output of this batch: drop the processing hold."""
-        self.ack(np.arange(len(self.positions), dtype=np.int64))
+        """The chain has routed every output of this batch: drop the processing hold (one per record, so
+        one whole-array subtraction, not an index array)."""
+        n = len(self.positions)
+        if n == 0:
+            return
+        self.pending -= 1
+        self.outstanding -= n
+        self._check_and_finish()
 
     def abandon(self) -> None:
         """The partition was lost: give the ticket's resources back without acknowledging anything."""

@@ -53,6 +53,9 @@ class ByteBudget:
 
     async def acquire(self, nbytes: int) -> None:
         """Wait until ``nbytes`` fit (a fetch)."""
+        if not self._waiters and (self.used + nbytes <= self.limit or self.used == 0):
+            self._take(nbytes)  # the common case, without a waiter and its future (once per batch)
+            return
         await self._wait(_Waiter(nbytes, asyncio.get_running_loop().create_future()))
 
     async def grow(self, nbytes: int, held: int) -> None:

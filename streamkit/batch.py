@@ -219,7 +219,8 @@ class RecordBatch:
         return sizes_of(self.payloads)
 
     def total_bytes(self) -> int:
-        return int(self.sizes().sum())
+        # Summed in one C-level pass: faster than building the sizes array for a batch of ~1,000.
+        return sum(map(len, self.payloads))
 
     def position(self, index: int) -> Any:
         """The source position that record ``index`` came from."""

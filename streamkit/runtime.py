@@ -30,7 +30,7 @@ from streamkit.deadletter import DeadLetterQueue
 from streamkit.dispatch import Dispatch
 from streamkit.dispatch import Route as Route  # defined with the dispatch step; still importable from here
 from streamkit.errors import CheckpointDeferred, CheckpointRejected
-from streamkit.footprint import batch_footprint, footprint, sampled_size
+from streamkit.footprint import batch_footprint, footprint, positions_size
 from streamkit.metrics import Metrics
 from streamkit.processor import Failure
 from streamkit.sink import Sink
@@ -348,7 +348,8 @@ class Runtime:
         del source_batch
         payload_bytes = batch.total_bytes()
         # The positions stay with the ticket until the batch is finished: they count too.
-        fetched = batch_footprint(batch) + sampled_size(positions)
+        positions_bytes = positions_size(positions)
+        fetched = batch_footprint(batch, payload_bytes=payload_bytes) + positions_bytes
         expansion = self._expansion
         try:
             reserved = await expansion.reserve(fetched)
@@ -368,7 +369,7 @@ class Runtime:
             del outputs
             # From here on the ticket's records hold what the sinks and the dead-letter queue keep.
             held = footprint([sub for _, sub in deliveries] + [f.batch for f in failures])
-            held += sampled_size(positions)
+            held += positions_bytes
             expansion.observe(fetched, held)
             await self._resize(ticket, held)
             await self.dispatch.deliver(ticket, deliveries, failures)
