@@ -39,6 +39,7 @@ from pyiceberg.types import (
     TimeType,
 )
 
+from streamkit.connectors.arrow_exact import CONVERT_ERRORS, conform, exact_array
 from streamkit.connectors.iceberg.settings import ColumnOptions
 from streamkit.connectors.s3.formats import decode_json_payloads, read_json_table
 
@@ -56,7 +57,7 @@ _PRIMITIVES: Final[dict[str, IcebergType]] = {
     "timestamptz": TimestamptzType(),
 }
 _DECIMAL = re.compile(r"decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)")
-_CONVERT_ERRORS = (pa.ArrowException, ValueError, TypeError, OverflowError)
+_CONVERT_ERRORS = CONVERT_ERRORS
 
 
 def iceberg_type(name: str) -> IcebergType:
@@ -228,7 +229,7 @@ class RecordConverter:
             index = inferred.type.get_field_index(target.name)
             try:
                 child = inferred.field(index) if index >= 0 else pa.nulls(len(values), target.type)
-                arrays.append(child.cast(target.type))
+                arrays.append(conform(child, target.type, target.name))
             except _CONVERT_ERRORS:
                 return None
         return pa.Table.from_arrays(arrays, schema=self.arrow)
@@ -280,15 +281,9 @@ def _pair(schema: pa.Schema) -> tuple[list[str], list[pa.DataType]]:
 
 
 def _array(column: list[Any], kind: pa.DataType) -> pa.Array:
-    """Values as an array of ``kind`` through a safe cast of Arrow's own inference: ISO 8601 text becomes a
-    timestamp, 1.5 never becomes an integer (pyarrow's typed conversion would truncate it)."""
-    try:
-        return pa.array(column).cast(kind)
-    except _CONVERT_ERRORS:
-        if not pa.types.is_nested(kind):
-            raise
-        # A struct or list whose values lack some fields: only the typed conversion fills them with nulls.
-        return pa.array(column, type=kind)
+    """Values as an array of ``kind``, none altered (streamkit.connectors.arrow_exact): ISO 8601 text becomes
+    a timestamp, 1.5 never becomes an integer (pyarrow's typed conversion would truncate it)."""
+    return exact_array(column, kind)
 
 
 def _fits(column: list[Any], kind: pa.DataType) -> bool:

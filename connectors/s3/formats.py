@@ -486,15 +486,21 @@ def read_json_table(payloads: Sequence[bytes], schema: Any, *, unexpected_fields
 
     ``unexpected_fields``: ``ignore`` drops fields the schema does not have; ``error`` fails on them.
     """
-    pa, _, pj = _pyarrow()
-    options = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior=unexpected_fields)
+    _, _, pj = _pyarrow()
+    from streamkit.connectors.arrow_exact import CONVERT_ERRORS, exact_cast, widen_float32
+
+    # The reader turns 1e300 into inf in a float32 column: read float64, then cast exactly.
+    wide = widen_float32(schema)
+    options = pj.ParseOptions(explicit_schema=wide, unexpected_field_behavior=unexpected_fields)
     try:
         data = b"\n".join(payloads)
         # One block, one thread: per call, that is ~1.5x faster on sink-sized batches.
         read = pj.ReadOptions(use_threads=False, block_size=max(len(data) + 1, MIB))
-        table = pj.read_json(io.BytesIO(data), read_options=read, parse_options=options)
-        return table.select(schema.names).cast(schema)
-    except (pa.ArrowException, ValueError, TypeError):
+        table = pj.read_json(io.BytesIO(data), read_options=read, parse_options=options).select(schema.names)
+        if wide.equals(schema):
+            return table.cast(schema)
+        return exact_cast(table, schema)
+    except CONVERT_ERRORS:
         return None
 
 
@@ -627,8 +633,13 @@ class ParquetWriter(_Finishable):
         return read_json_table(payloads, self._schema)
 
     def _struct_array(self, values: Sequence[Any], schema: Any | None) -> Any:
-        pa = self._pa
-        return pa.array(values, type=None if schema is None else pa.struct(schema))
+        """Records as a struct array: of ``schema`` exactly (never pyarrow's typed conversion, which
+        truncates 1.5 into an integer column), or of the types Arrow infers."""
+        if schema is None:
+            return self._pa.array(values)
+        from streamkit.connectors.arrow_exact import exact_array  # pyarrow is an optional extra
+
+        return exact_array(values, self._pa.struct(schema))
 
     def _convert(self, values: Sequence[Any], schema: Any) -> tuple[Any, list[RecordFailure]]:
         """Records as a RecordBatch of ``schema``; records that do not fit are failures."""

@@ -29,6 +29,7 @@ import fastavro
 import numpy as np
 import orjson
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from botocore.awsrequest import AWSResponse
@@ -655,6 +656,29 @@ async def test_records_that_do_not_fit_the_schema_go_to_the_dead_letter_queue(
     rows = avro_rows(s3(moto_server).get_object(Bucket=BUCKET, Key=key)["Body"].read())
     assert [r["id"] for r in rows] == [i for i in range(100) if i not in (3, 50)]
     assert tracker.checkpoint_position() == 99
+
+
+async def test_a_parquet_value_that_would_be_truncated_goes_to_the_dead_letter_queue(
+    moto_server: MotoServer, aws_env: dict[str, str]
+) -> None:
+    create_bucket(moto_server)
+    schema = {"type": "record", "name": "r", "fields": [{"name": "id", "type": "long"}, {"name": "ts", "type": "long"}]}
+    sink = make_sink(moto_server.endpoint_url, format="parquet", avro_schema=schema)
+    payloads = records(60)
+    payloads[7] = b'{"id": 7, "ts": 1.5}'  # pyarrow's typed conversion would have written ts=1
+    tracker = PartitionTracker(P)
+    await write_all(sink, routed(payloads, 20, tracker))
+    dlq = sink.dead_letters
+    assert isinstance(dlq, MemoryDeadLetter)
+    await dlq.flush()
+    (entry,) = dlq.entries
+    assert entry["position"] == "7"
+    assert "does not match the Parquet schema" in entry["reason"] and "'ts'" in entry["reason"], entry["reason"]
+    (key,) = object_keys(moto_server)
+    table = pq.read_table(io.BytesIO(body(moto_server, key)))
+    assert table.column("id").to_pylist() == [i for i in range(60) if i != 7]
+    assert table.column("ts").to_pylist() == [1_795_000_000_000 + i for i in range(60) if i != 7]
+    assert tracker.checkpoint_position() == 59
 
 
 @pytest.mark.parametrize(

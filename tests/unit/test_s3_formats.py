@@ -382,3 +382,99 @@ def test_encoded_bytes_tracks_the_real_size(kind: str, count: int) -> None:
     actual = len(writer.finish())
     relative, absolute = TOLERANCE[kind]
     assert abs(estimate - actual) <= relative * actual + absolute, (estimate, actual)
+
+
+# -- Parquet: a value that does not fit its column exactly is rejected, never altered ----------------
+def one_field_schema(field_type: Any) -> dict[str, Any]:
+    fields = [{"name": "id", "type": "long"}, {"name": "v", "type": field_type}]
+    return {"type": "record", "name": "r", "fields": fields}
+
+
+DECIMAL_5_2 = {"type": "bytes", "logicalType": "decimal", "precision": 5, "scale": 2}
+LOSSY = [
+    pytest.param("long", 1.5, "v", id="fraction-into-long"),
+    pytest.param("int", 2**40, "v", id="out-of-range-int"),
+    pytest.param("long", True, "v", id="bool-into-long"),
+    pytest.param("double", True, "v", id="bool-into-double"),
+    pytest.param("boolean", 1, "v", id="number-into-boolean"),
+    pytest.param("float", 1e300, "v", id="overflow-into-float"),
+    pytest.param(DECIMAL_5_2, 1.234, "v", id="extra-digits-into-decimal"),
+    pytest.param({"type": "long", "logicalType": "timestamp-millis"}, 1.5, "v", id="fraction-into-timestamp"),
+    pytest.param({"type": "array", "items": "long"}, [1, 2.5], "v[]", id="fraction-in-array"),
+    pytest.param({"type": "map", "values": "long"}, {"k": 0.5}, "v{}", id="fraction-in-map"),
+    pytest.param(
+        {"type": "record", "name": "inner", "fields": [{"name": "n", "type": "int"}]}, {"n": 7.25}, "v.n", id="nested"
+    ),
+    pytest.param("string", 12, "v", id="number-into-string"),
+    pytest.param("long", "12", "v", id="text-into-long"),
+]
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+@pytest.mark.parametrize(("field_type", "bad", "path"), LOSSY)
+def test_parquet_value_that_would_be_altered_is_rejected_naming_the_field(
+    field_type: Any, bad: Any, path: str, as_json: bool
+) -> None:
+    writer = make_writer("parquet", compression=None, avro_schema=one_field_schema(field_type))
+    fits = {"id": 0, "v": None}
+    values = [fits, {"id": 1, "v": bad}, {**fits, "id": 2}]
+    with pytest.raises(RecordEncodeError) as caught:
+        if as_json:
+            writer.write_payloads(payloads(values))
+        else:
+            writer.write_values(values)
+    (failure,) = caught.value.failures
+    assert failure.index == 1
+    assert "does not match the Parquet schema" in failure.reason
+    assert repr(path) in failure.reason, failure.reason
+    assert read_parquet(writer.finish()).to_pylist() == [fits, {**fits, "id": 2}]
+
+
+def test_parquet_integer_beyond_double_precision_is_rejected_from_values() -> None:
+    # From decoded values only: pyarrow's JSON reader, like most JSON parsers, reads a number literal
+    # into a double column by rounding (docs/sinks-s3.md).
+    writer = make_writer("parquet", compression=None, avro_schema=one_field_schema("double"))
+    with pytest.raises(RecordEncodeError) as caught:
+        writer.write_values([{"id": 0, "v": 2**60 + 1}])
+    assert "'v'" in caught.value.failures[0].reason
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_parquet_values_that_fit_exactly_are_written_unchanged(as_json: bool) -> None:
+    from decimal import Decimal
+
+    schema = {
+        "type": "record",
+        "name": "r",
+        "fields": [
+            {"name": "n", "type": "long"},
+            {"name": "small", "type": "int"},
+            {"name": "x", "type": "double"},
+            {"name": "f", "type": "float"},
+            {"name": "d", "type": DECIMAL_5_2},
+            {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+            {"name": "m", "type": {"type": "map", "values": "long"}},
+            {"name": "b", "type": "boolean"},
+        ],
+    }
+    value: dict[str, Any] = {"n": 2**62, "small": -(2**31), "x": 1, "f": 0.5, "d": 123.45, "ts": 1_700_000_000_000}
+    value |= {"m": {"a": 1, "b": 2}, "b": True}
+    writer = make_writer("parquet", compression=None, avro_schema=schema)
+    if as_json:
+        writer.write_payloads(payloads([value]))
+    else:
+        writer.write_values([value])
+    (row,) = read_parquet(writer.finish()).to_pylist()
+    assert row["d"] == Decimal("123.45") and row["x"] == 1.0 and row["m"] == [("a", 1), ("b", 2)]
+    assert int(row["ts"].timestamp() * 1000) == value["ts"]
+    assert {k: row[k] for k in ("n", "small", "f", "b")} == {k: value[k] for k in ("n", "small", "f", "b")}
+
+
+def test_parquet_inferred_schema_rejects_a_fraction_once_the_column_is_an_integer() -> None:
+    writer = ParquetWriter(schema=None, compression="zstd", level=None, row_group_bytes=1)
+    writer.write_values([{"n": 1}])  # the first row group fixes the schema: n is int64
+    with pytest.raises(RecordEncodeError) as caught:
+        writer.write_values([{"n": 2}, {"n": 2.5}])
+    assert [f.index for f in caught.value.failures] == [1]
+    assert "'n'" in caught.value.failures[0].reason
+    assert read_parquet(writer.finish()).column("n").to_pylist() == [1, 2]
