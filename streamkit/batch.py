@@ -203,6 +203,10 @@ class RecordBatch:
         """
         if self._values is None and not self._values_on_demand:
             return self
+        return self._bytes_only(values_on_demand=False)
+
+    def _bytes_only(self, *, values_on_demand: bool) -> RecordBatch:
+        """The same records with their payload bytes and no decoded values held."""
         return self._derive(
             payloads=self.payloads,
             values=None,
@@ -212,6 +216,7 @@ class RecordBatch:
             headers=self.headers,
             origin=self.origin,
             origin_unique=self.origin_unique,
+            values_on_demand=values_on_demand,
         )
 
     def sizes(self) -> Int64Array:
@@ -328,17 +333,7 @@ class RecordBatch:
         For a fused pass that decoded only some fields: its output keeps the source bytes, and whoever
         reads values later (a plugin, a sink's ``when:``, a Parquet writer) gets whole records, exactly as
         ``json.decode`` would have given them."""
-        return self._derive(
-            payloads=self.payloads,
-            values=None,
-            keys=self.keys,
-            arrival_ms=self.arrival_ms,
-            event_ms=self.event_ms,
-            headers=self.headers,
-            origin=self.origin,
-            origin_unique=self.origin_unique,
-            values_on_demand=True,
-        )
+        return self._bytes_only(values_on_demand=True)
 
     def select(self, mask: BoolArray | Sequence[bool]) -> RecordBatch:
         """The records where ``mask`` is true, in order (a vector operation on every column)."""
