@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -50,3 +52,11 @@ def modelled_response(status: int, parsed: dict[str, Any]) -> tuple[AWSResponse,
     """What a botocore ``before-call`` hook returns to answer in place of the service (fault injection)."""
     parsed["ResponseMetadata"] = {"HTTPStatusCode": status, "HTTPHeaders": {}}
     return AWSResponse("http://fault-injection", status, {}, None), parsed
+
+
+def written_ids(directory: Path) -> list[str]:
+    """The ``id`` of every record a file sink wrote as gzip NDJSON under ``directory/out``, in file order."""
+    ids: list[str] = []
+    for file in sorted((directory / "out").glob("*.ndjson.gz")):
+        ids.extend(orjson.loads(line)["id"] for line in gzip.decompress(file.read_bytes()).splitlines())
+    return ids

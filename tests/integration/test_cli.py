@@ -14,6 +14,8 @@ import orjson
 import pytest
 import yaml
 
+from tests.helpers import written_ids
+
 CLI = [sys.executable, "-m", "streamkit"]
 
 
@@ -30,13 +32,6 @@ def write_pipeline(directory: Path, *, rate: float, count: int, partitions: int 
     path = directory / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def written_ids(directory: Path) -> list[str]:
-    ids: list[str] = []
-    for file in sorted((directory / "out").glob("*.ndjson.gz")):
-        ids.extend(orjson.loads(line)["id"] for line in gzip.decompress(file.read_bytes()).splitlines())
-    return ids
 
 
 def test_sigterm_drains_checkpoints_and_a_restart_loses_nothing(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ import orjson
 import yaml
 
 from streamkit.devtools.localstack import free_port
+from tests.helpers import written_ids
 
 CLI = [sys.executable, "-m", "streamkit", "--log-format", "json"]
 
@@ -36,13 +36,6 @@ def write_pipeline(directory: Path, *, count: int, partitions: int, rate: float,
     path = directory / "pipeline.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def written_ids(directory: Path) -> list[str]:
-    ids: list[str] = []
-    for file in sorted((directory / "out").glob("*.ndjson.gz")):
-        ids.extend(orjson.loads(line)["id"] for line in gzip.decompress(file.read_bytes()).splitlines())
-    return ids
 
 
 class LogLines:
