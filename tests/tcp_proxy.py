@@ -170,12 +170,14 @@ class TcpProxy:
                 await self._flowing.wait()
                 if writer.transport.is_closing():
                     return
-                writer.write(data)
-                await writer.drain()
+                # Counted before the write: the peer may read these bytes (on its own thread) before this
+                # task runs again, and a test that saw the answer must see it counted.
                 if up:
                     self.stats.bytes_up += len(data)
                 else:
                     self.stats.bytes_down += len(data)
+                writer.write(data)
+                await writer.drain()
             if writer.can_write_eof() and not writer.transport.is_closing():
                 writer.write_eof()
         except (ConnectionError, OSError):
