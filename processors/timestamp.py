@@ -8,6 +8,7 @@ usable value either fall back to their arrival time or go to the dead-letter que
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any, Literal
 
 import msgspec
@@ -19,6 +20,8 @@ from streamkit.predicates import MISSING, field_getter
 from streamkit.processor import ProcessContext
 
 _TO_MS = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
+# Event times are int64 milliseconds; 2**62 ms (about 146 million years) leaves room for arithmetic on them.
+_MAX_MS = float(2**62)
 
 
 class Timestamp:
@@ -49,7 +52,10 @@ class Timestamp:
                 parsed = parsed.replace(tzinfo=dt.UTC)
             return parsed.timestamp() * 1000.0
         if isinstance(value, (int, float)):
-            return float(value) * _TO_MS[self.unit]
+            ms = float(value) * _TO_MS[self.unit]
+            # inf, NaN or beyond int64 milliseconds would become a garbage event time in the cast below:
+            # such a value is not a usable timestamp (on_missing decides), never a silent -2**63.
+            return ms if math.isfinite(ms) and abs(ms) < _MAX_MS else None
         return None
 
     def __call__(self, batch: RecordBatch, ctx: ProcessContext) -> RecordBatch | None:

@@ -72,6 +72,18 @@ async def test_timestamp_extracts_event_time_or_falls_back_to_arrival() -> None:
     assert "no usable iso8601 timestamp" in failures[0].reason
 
 
+async def test_a_non_finite_or_huge_timestamp_is_not_usable_never_a_garbage_event_time() -> None:
+    rows = [{"ts": float("inf")}, {"ts": float("nan")}, {"ts": 1e300}, {"ts": 1_700_000_000}]
+    outputs, failures = await run(Timestamp(Timestamp.Options(field="ts", unit="s", on_missing="fail")), rows=rows)
+    assert [f.reason for f in failures] == ["field 'ts' has no usable s timestamp"] * 3
+    assert outputs[0].event_ms is not None and outputs[0].event_ms.tolist() == [1_700_000_000_000]
+    outputs, _ = await run(Timestamp(Timestamp.Options(field="ts", unit="s")), rows=rows)
+    event = outputs[0].event_ms
+    assert event is not None
+    # on_missing: arrival (the default) falls back to the arrival time, as for an absent field.
+    assert event[:3].tolist() == outputs[0].arrival_ms[:3].tolist()
+
+
 async def test_encode_reuses_bytes_when_values_did_not_change_and_encodes_when_they_did() -> None:
     outputs, _ = await run(JsonEncode())
     assert outputs[0].payloads == [orjson.dumps(r) for r in ROWS]
