@@ -23,7 +23,7 @@ import operator
 from collections import deque
 from itertools import compress, repeat, starmap
 from operator import attrgetter
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 import numpy as np
@@ -43,12 +43,21 @@ class NotExact(Exception):
 
 
 def _exact_float(text: str) -> float:
-    """msgspec's float_hook in exact mode: floats orjson writes with an ``e+`` exponent (abs >= 1e16),
-    which msgspec writes without the ``+``, and numbers beyond the float range, leave the fast path."""
+    """msgspec's float_hook in exact mode, for floats nested in kept lists and objects: floats orjson
+    writes with an ``e+`` exponent (abs >= 1e16), which msgspec writes without the ``+``, and numbers
+    beyond the float range, leave the fast path."""
     value = float(text)
     if not -1e16 < value < 1e16:
         raise NotExact(text)
     return value
+
+
+_EXACT_VALUE: Any = Union[  # noqa: UP007 (a runtime union of types)
+    None, bool, int, Annotated[float, msgspec.Meta(gt=-1e16, lt=1e16)], str, list[Any], dict[str, Any]
+]
+"""A top-level field in exact mode: any JSON value, as ``Any`` decodes it, except that a float outside
+``_exact_float``'s range fails validation in C (the batch leaves the fast path). The same rule as the
+float_hook without a Python call per record: most records carry their floats at the top level."""
 
 
 def _where_fields(spec: Any) -> set[str]:
@@ -120,7 +129,10 @@ class JsonProject:
             self._attr[key] = attr
             # A field the predicate reads is decoded into Python values (and re-encoded if also projected);
             # the others stay raw bytes.
-            spec.append((attr, Any if key in read or exact else msgspec.Raw | msgspec.UnsetType, _UNSET))
+            kind: Any = (
+                _EXACT_VALUE | msgspec.UnsetType if exact else Any if key in read else msgspec.Raw | msgspec.UnsetType
+            )
+            spec.append((attr, kind, _UNSET))
         # gc=False: the structs hold raw bytes and JSON values only, which cannot form reference cycles.
         struct = msgspec.defstruct("Projection", spec, rename=rename, gc=False)
         self._decode = msgspec.json.Decoder(struct, float_hook=_exact_float if exact else None).decode
