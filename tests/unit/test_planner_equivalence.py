@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -29,9 +30,10 @@ from streamkit.connectors.local.replay import ReplaySource
 from streamkit.planner import FusedJson
 from streamkit.plugin_env import PluginEnv
 from streamkit.predicates import batch_predicate, compile_values_predicate
-from streamkit.processor import PerRecord, Processor
+from streamkit.processor import PerRecord, ProcessContext, Processor
 from streamkit.processors.filter import Filter
 from streamkit.processors.json_codec import JsonDecode, JsonEncode
+from streamkit.processors.json_project import NotExact
 from streamkit.processors.project import Map
 from streamkit.processors.timestamp import Timestamp
 from streamkit.runtime import Pipeline, Route, Runtime
@@ -287,3 +289,85 @@ def test_out_of_range_guard_is_real() -> None:
     assert excluded([b'{"a":1e400}']) and excluded([b'{"a":18446744073709551616}'])
     assert excluded([b'{"a":-9223372036854775809}'])
     assert not excluded([orjson.dumps({"a": 1.5, "b": 2**63, "c": 1e22, "d": -(2**59)})])
+
+
+NUMBER_TEXTS = [
+    "0", "-0", "0.0", "-0.0", "1.5", "1.50", "1E5", "1e-7", "1.5e+3", "0.1e1", "-12.25", "9999999999999998.0",
+    "1e16", "-1e16", "1.5e16", "1E+16", "10000000000000000.0", "123456789012345.6", "1.0000000000000002",
+    "9223372036854775807", "-9223372036854775808", "18446744073709551615", "5e-324", "1.7976931348623157e308",
+]  # fmt: skip
+"""Number spellings the exact projection meets at the top level and nested: exponents, trailing zeros, negative
+zero, the +-1e16 edge (where msgspec's and orjson's spellings part), 64-bit edges."""
+
+
+@st.composite
+def number_texts(draw: st.DrawFn) -> str:
+    if draw(st.booleans()):
+        return draw(st.sampled_from(NUMBER_TEXTS))
+    x = draw(st.floats(allow_nan=False, allow_infinity=False))
+    return draw(st.sampled_from([repr(x), f"{x:e}", f"{x:E}", f"{x:.17g}", f"{x:.3f}"]))
+
+
+@st.composite
+def number_records(draw: st.DrawFn) -> bytes:
+    """Records written by hand, not by orjson: numbers in every spelling at the top level and inside kept
+    objects and arrays, sometimes with whitespace, escapes, duplicate keys (top level and nested)."""
+    n = [draw(number_texts()) for _ in range(4)]
+    sep = draw(st.sampled_from([",", ", ", ",\n  "]))
+    colon = draw(st.sampled_from([":", ": "]))
+    user_id = draw(st.sampled_from(["", f'"id"{colon}{n[2]}{sep}']))  # a duplicate "id" inside user
+    status = draw(st.sampled_from(['"ok"', '"err"', '"\\u006fk"', "null"]))
+    text = (
+        f'{{"id"{colon}{n[0]}{sep}"status"{colon}{status}{sep}"amount"{colon}{n[1]}{sep}'
+        f'"user"{colon}{{{user_id}"id"{colon}{n[2]}{sep}"geo"{colon}{{"lat"{colon}{n[3]}}}}}{sep}'
+        f'"tags"{colon}[{n[3]}{sep}"a\\/b"{sep}"\\u00e9"]}}'
+    )
+    if draw(st.booleans()):
+        text += ' {"amount": 1}'[: draw(st.integers(0, 1))]  # now and then trailing junk: invalid JSON
+    return text.encode()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=st.lists(number_records() | st.builds(orjson.dumps, records), min_size=1, max_size=10), encode=st.booleans()
+)
+async def test_projection_path_numbers_in_every_spelling(data: list[bytes], encode: bool) -> None:
+    """The exact projection keeps top-level floats typed (a float outside (-1e16, 1e16) fails validation in C)
+    and nested ones behind a float_hook: either way the bytes are orjson's, or the batch goes the general way."""
+    assume(not excluded(data))
+    chain = [
+        JsonDecode(),
+        Filter(Filter.Options(where={"field": "status", "not_equals": "err"}), ENV),
+        Map(Map.Options(fields=["id", "amount", "user", "tags"]), ENV),
+        *([JsonEncode()] if encode else []),
+    ]
+    planned_chain = Chain(chain)
+    assert isinstance(planned_chain.stages[0], FusedJson) and planned_chain.stages[0].fast is not None
+    ticket = ticketed([0] * len(data))[0].ticket
+    planned = await planned_chain.run(RecordBatch(P, payloads=list(data), ticket=ticket))
+    plain = await Chain(chain, plan=False).run(RecordBatch(P, payloads=list(data), ticket=ticket))
+    assert outputs_of(planned[0]) == outputs_of(plain[0])
+    assert failures_of(planned[1]) == failures_of(plain[1])
+
+
+def test_exact_projection_takes_usual_floats_and_leaves_for_large_ones() -> None:
+    """Not vacuous: the fast path handles records with ordinary floats itself, and hands a batch with a float
+    orjson spells with ``e+`` (top level or nested) to the general path instead of writing msgspec's spelling."""
+    chain = Chain(
+        [
+            JsonDecode(),
+            Filter(Filter.Options(where={"field": "status", "not_equals": "err"}), ENV),
+            Map(Map.Options(fields=["id", "amount", "user"]), ENV),
+        ]
+    )
+    fused = chain.stages[0]
+    assert isinstance(fused, FusedJson) and fused.fast is not None
+    ctx = ProcessContext(P)
+    usual = [orjson.dumps({"id": i, "status": "ok", "amount": i + 0.25, "user": {"lat": -1.5e-7}}) for i in range(3)]
+    out = fused.fast(RecordBatch(P, payloads=usual), ctx)
+    assert out is not None and out.payloads == [
+        orjson.dumps({"id": i, "amount": i + 0.25, "user": {"lat": -1.5e-7}}) for i in range(3)
+    ]
+    for record in ({"id": 1, "status": "ok", "amount": 1e16}, {"id": 1, "status": "ok", "user": {"lat": -2.5e20}}):
+        with pytest.raises(NotExact):
+            fused.fast(RecordBatch(P, payloads=[*usual, orjson.dumps(record)]), ctx)
