@@ -335,7 +335,7 @@ async def test_projection_path_numbers_in_every_spelling(data: list[bytes], enco
     """The exact projection keeps top-level floats typed (a float outside (-1e16, 1e16) fails validation in C)
     and nested ones behind a float_hook: either way the bytes are orjson's, or the batch goes the general way."""
     assume(not excluded(data))
-    chain = [
+    chain: list[Processor] = [
         JsonDecode(),
         Filter(Filter.Options(where={"field": "status", "not_equals": "err"}), ENV),
         Map(Map.Options(fields=["id", "amount", "user", "tags"]), ENV),
