@@ -36,6 +36,7 @@ from streamkit.processors.json_project import JsonProject, NotExact
 from streamkit.processors.json_views import FieldTree, JsonViewDecoder, field_tree, tree_paths
 from streamkit.processors.project import Map
 from streamkit.processors.timestamp import Timestamp
+from streamkit.sink_views import SinkReads, with_views
 
 
 @dataclass
@@ -48,13 +49,21 @@ class Step:
     """Field paths decoded (fused steps)."""
     notes: list[str] = field(default_factory=list)
     """Why the run ended here, and what that costs."""
+    sink_fields: list[str] | None = None
+    """Field paths decoded in this step for the sinks' ``when:`` and templates (the chain's last step)."""
 
 
 class FusedJson:
     """``json.decode`` and the built-in stages after it, run as one step over decoded views."""
 
     def __init__(
-        self, decode: JsonDecode, stages: Sequence[Processor], tree: FieldTree, fast: JsonProject | None = None
+        self,
+        decode: JsonDecode,
+        stages: Sequence[Processor],
+        tree: FieldTree,
+        fast: JsonProject | None = None,
+        *,
+        sink_views: bool = False,
     ) -> None:
         self.decode_name = stage_name(decode)
         self.stages = [(p, stage_name(p)) for p in stages]
@@ -64,6 +73,8 @@ class FusedJson:
         self.views_leave = not any(isinstance(p, Map) for p in stages)
         self.fast = fast
         """For filter* -> map -> json.encode?: json.project in exact mode, tried first on every batch."""
+        self.sink_views = sink_views and self.views_leave
+        """The tree holds the fields the sinks read too: the output carries the views for them."""
 
     def __call__(self, batch: RecordBatch, ctx: ProcessContext) -> ProcessorOutput:
         views = not batch.decoded  # json.decode passes decoded batches through unchanged
@@ -88,6 +99,8 @@ class FusedJson:
             assert isinstance(out, RecordBatch), f"{name} is a built-in that returns one batch"
             batch = out
         if views and self.views_leave:
+            if self.sink_views:
+                return with_views(batch, batch.values, self.decoder.tree)
             return batch.with_values_on_demand()
         return batch
 
@@ -123,8 +136,11 @@ def _reads(processor: Processor) -> list[str]:
     return []
 
 
-def plan(processors: Sequence[Processor]) -> tuple[list[Processor], list[Step]]:
-    """The physical stages for ``processors`` and a description of each (see the module docs)."""
+def plan(processors: Sequence[Processor], sinks: SinkReads | None = None) -> tuple[list[Processor], list[Step]]:
+    """The physical stages for ``processors`` and a description of each (see the module docs).
+
+    ``sinks``: what the sinks read of the chain's output. When the chain ends in a fused run that hands on
+    the source bytes (no ``map``), those fields are decoded in that run's pass too (:mod:`streamkit.sink_views`)."""
     physical: list[Processor] = []
     steps: list[Step] = []
     i = 0
@@ -157,10 +173,18 @@ def plan(processors: Sequence[Processor]) -> tuple[list[Processor], list[Step]]:
             )
             i += 1
             continue
-        tree = field_tree(paths)
-        fused = FusedJson(head, run, tree, _projection(run))
+        last = j == len(processors)
+        views_leave = not any(isinstance(p, Map) for p in run)
+        push = last and views_leave and sinks is not None and sinks.whole is None and bool(sinks.fields)
+        tree = field_tree([*paths, *(sinks.fields if push and sinks is not None else ())])
+        fused = FusedJson(head, run, tree, _projection(run), sink_views=push)
         physical.append(fused)
         step = Step([fused.decode_name, *(n for _, n in fused.stages)], fused=True, fields=tree_paths(tree))
+        if push and sinks is not None:
+            step.sink_fields = list(sinks.fields)
+            step.notes.append(f"sinks read {', '.join(sinks.fields)}: decoded in this pass, not from whole records")
+        elif last and views_leave and sinks is not None and sinks.whole is not None:
+            step.notes.append(f"sink fields not decoded here: {sinks.whole}")
         if fused.fast is not None:
             step.notes.append("projection: only the kept fields are built, and written straight back as JSON")
         if j < len(processors):
