@@ -360,7 +360,7 @@ async def test_sink_fields_are_read_from_views_not_whole_records() -> None:
     chain = Chain([JsonDecode(), keep_ok], sinks=sink_reads(routes))
     assert chain.steps[0].fields == ["status", "user.country", "user.geo.city"]
     assert chain.steps[0].sink_fields == ["user.country", "user.geo.city"]
-    records = [
+    records: list[dict[str, Any]] = [
         {"status": "ok", "user": {"country": "DE", "geo": {"city": "Berlin"}}, "pad": "x" * 50},
         {"status": "ok", "user": {"country": "FR"}},
         {"status": "err", "user": {"country": "DE"}},
