@@ -148,7 +148,7 @@ def plan(processors: Sequence[Processor], sinks: SinkReads | None = None) -> tup
         head = processors[i]
         if type(head) is not JsonDecode:
             physical.append(head)
-            steps.append(Step([stage_name(head)], fused=False))
+            steps.append(Step([stage_name(head)], fused=False, notes=[AVRO_NOT_FUSED] if _is_avro_decode(head) else []))
             i += 1
             continue
         run: list[Processor] = []
@@ -221,6 +221,20 @@ def _projection(run: Sequence[Processor]) -> JsonProject | None:
         wheres.append({"not": f.where} if f.drop else f.where)
     where = None if not wheres else wheres[0] if len(wheres) == 1 else {"all": wheres}
     return JsonProject(JsonProject.Options(fields=list(last.paths), where=where), _PROJECTION_ENV, exact=True)
+
+
+AVRO_NOT_FUSED = (
+    "avro.decode is not fused: fastavro cannot skip fields faster than it reads them (a reader schema naming "
+    "only the fields read measured 0.72x of whole records, benchmarks/avro_projection.py), and skipping would "
+    "accept invalid UTF-8 in unread strings that decoding whole records rejects; the stages after it run one "
+    "pass each over whole records"
+)
+
+
+def _is_avro_decode(processor: Processor) -> bool:
+    # By name, not isinstance: importing the Avro codec (fastavro) here would slow every start-up, Lambda's too.
+    kind = type(processor)
+    return kind.__name__ == "AvroDecode" and kind.__module__ == "streamkit.processors.avro_codec"
 
 
 def _next(processors: Sequence[Processor], j: int) -> str:

@@ -12,12 +12,15 @@ left out of the inputs explicitly (``assume``), not by luck.
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import fastavro
 import orjson
+import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -30,10 +33,11 @@ from streamkit.connectors.local.replay import ReplaySource
 from streamkit.connectors.s3.keys import compile_partitioner
 from streamkit.dispatch import Dispatch
 from streamkit.metrics import Metrics
-from streamkit.planner import FusedJson
+from streamkit.planner import AVRO_NOT_FUSED, FusedJson
 from streamkit.plugin_env import PluginEnv
 from streamkit.predicates import batch_predicate, compile_values_predicate, predicate_fields
 from streamkit.processor import PerRecord, Processor
+from streamkit.processors.avro_codec import AvroDecode, AvroDecodeOptions
 from streamkit.processors.filter import Filter
 from streamkit.processors.json_codec import JsonDecode, JsonEncode
 from streamkit.processors.project import Map
@@ -404,3 +408,74 @@ def test_out_of_range_guard_is_real() -> None:
     assert excluded([b'{"a":1e400}']) and excluded([b'{"a":18446744073709551616}'])
     assert excluded([b'{"a":-9223372036854775809}'])
     assert not excluded([orjson.dumps({"a": 1.5, "b": 2**63, "c": 1e22, "d": -(2**59)})])
+
+
+# -- avro.decode chains: not fused (docs/performance.md), and planning the rest must not change a thing --------
+AVRO_SCHEMA = {
+    "type": "record",
+    "name": "Event",
+    "fields": [
+        {"name": "id", "type": "long"},
+        {"name": "status", "type": "string"},
+        {"name": "ts", "type": ["null", "long", "string"]},
+        {
+            "name": "user",
+            "type": {
+                "type": "record",
+                "name": "User",
+                "fields": [{"name": "id", "type": "long"}, {"name": "country", "type": ["null", "string"]}],
+            },
+        },
+        {"name": "amount", "type": "double"},
+        {"name": "tags", "type": {"type": "array", "items": "string"}},
+    ],
+}
+avro_values = st.fixed_dictionaries(
+    {
+        "id": st.integers(-(2**63), 2**63 - 1),
+        "status": st.sampled_from(["ok", "err", "", "DE"]),
+        "ts": st.none() | st.integers(0, 2**45) | st.sampled_from(["2026-11-26T13:05:00Z", "x"]),
+        "user": st.fixed_dictionaries({"id": st.integers(-5, 5), "country": st.none() | st.sampled_from(["DE", "US"])}),
+        "amount": st.floats(allow_nan=False, allow_infinity=False),
+        "tags": st.lists(st.text(max_size=4), max_size=3),
+    }
+)
+
+
+@st.composite
+def avro_payloads(draw: st.DrawFn) -> bytes:
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, fastavro.parse_schema(AVRO_SCHEMA), draw(avro_values))
+    body = out.getvalue()
+    kind = draw(st.sampled_from(["valid"] * 5 + ["truncated", "bad-magic", "unknown-id", "bad-utf8", "short"]))
+    if kind == "truncated":
+        body = body[: draw(st.integers(0, max(0, len(body) - 1)))]
+    if kind == "bad-utf8":  # the status string's first byte (after the zigzag id varint and the length)
+        at = next(i for i in range(len(body)) if body[i] < 0x80) + 2
+        body = body[:at] + b"\xff" + body[at + 1 :] if at < len(body) else body
+    schema_id = 9 if kind == "unknown-id" else 1
+    framed = (1 if kind == "bad-magic" else 0).to_bytes(1, "big") + schema_id.to_bytes(4, "big") + body
+    return framed[:3] if kind == "short" else framed
+
+
+@pytest.fixture(scope="module")
+def avro_env(tmp_path_factory: pytest.TempPathFactory) -> PluginEnv:
+    directory = tmp_path_factory.mktemp("avro")
+    (directory / "event.avsc").write_text(orjson.dumps(AVRO_SCHEMA).decode())
+    return PluginEnv("t", AwsSettings(), directory, where="processors[0]")
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rest=st.lists(stages(), max_size=5), data=st.lists(avro_payloads(), min_size=1, max_size=12))
+async def test_avro_chains_give_what_the_stages_give(
+    avro_env: PluginEnv, rest: list[Processor], data: list[bytes]
+) -> None:
+    chain = [AvroDecode(AvroDecodeOptions(schemas={"1": "event.avsc"}), avro_env), *rest]
+    planned_chain = Chain(chain)
+    assert planned_chain.stages[0] is chain[0], "avro.decode runs alone"
+    assert planned_chain.steps[0].notes == [AVRO_NOT_FUSED]
+    ticket = ticketed([0] * len(data))[0].ticket
+    planned = await planned_chain.run(RecordBatch(P, payloads=list(data), ticket=ticket))
+    plain = await Chain(chain, plan=False).run(RecordBatch(P, payloads=list(data), ticket=ticket))
+    assert outputs_of(planned[0]) == outputs_of(plain[0])
+    assert failures_of(planned[1]) == failures_of(plain[1])
