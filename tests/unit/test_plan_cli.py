@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -153,3 +154,14 @@ def test_plan_says_why_sink_fields_are_not_pushed_down(tmp_path: Path, capsys: p
     assert "decodes  status; every" in out
     assert "sink fields not decoded here: sink 'purchases': its when: calls user code" in out
     assert "  lake: reads user.country: from whole records decoded" in out
+
+
+def test_plan_says_avro_decode_is_not_fused_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    schema = {"type": "record", "name": "E", "fields": [{"name": "status", "type": "string"}]}
+    (tmp_path / "e.avsc").write_text(json.dumps(schema))
+    text = NATURAL.replace("  - type: json.decode\n", '  - {type: avro.decode, schemas: {"1": e.avsc}}\n')
+    assert main(["plan", str(write(tmp_path, text))]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "step 1: alone   avro.decode" in out
+    assert "avro.decode is not fused: fastavro cannot skip fields faster than it reads them" in out
+    assert "measured 0.72x" in out
