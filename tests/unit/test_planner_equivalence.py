@@ -31,6 +31,7 @@ from streamkit.config import AwsSettings, Size
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter, MemorySink, MemorySinkOptions
 from streamkit.connectors.local.replay import ReplaySource
 from streamkit.connectors.s3.keys import compile_partitioner
+from streamkit.connectors.timestream.mapping import DimensionOptions, MeasureOptions, RecordMapping, TimeOptions
 from streamkit.dispatch import Dispatch
 from streamkit.metrics import Metrics
 from streamkit.planner import AVRO_NOT_FUSED, FusedJson
@@ -43,7 +44,7 @@ from streamkit.processors.json_codec import JsonDecode, JsonEncode
 from streamkit.processors.project import Map
 from streamkit.processors.timestamp import Timestamp
 from streamkit.runtime import Pipeline, Route, Runtime
-from streamkit.sink_views import ViewedBatch, for_sink, sink_reads
+from streamkit.sink_views import SinkReads, ViewedBatch, for_sink, sink_reads
 from tests.helpers import P, json_batch, ticketed
 
 ENV = PluginEnv("t", AwsSettings(), Path.cwd(), where="processors[0]")
@@ -479,3 +480,48 @@ async def test_avro_chains_give_what_the_stages_give(
     plain = await Chain(chain, plan=False).run(RecordBatch(P, payloads=list(data), ticket=ticket))
     assert outputs_of(planned[0]) == outputs_of(plain[0])
     assert failures_of(planned[1]) == failures_of(plain[1])
+
+
+# -- a Timestream mapping reads its fields only: it gets the views as values -----------------------------
+@st.composite
+def timestream_mappings(draw: st.DrawFn) -> RecordMapping:
+    paths = st.sampled_from(FIELDS)
+    dimensions = [DimensionOptions(name=f"d{i}", field=draw(paths)) for i in range(draw(st.integers(0, 2)))]
+    measures = [
+        MeasureOptions(
+            name=f"m{i}",
+            field=draw(paths),
+            type=draw(st.sampled_from(["DOUBLE", "BIGINT", "VARCHAR", "BOOLEAN", "TIMESTAMP"])),
+            optional=draw(st.booleans()),
+        )
+        for i in range(draw(st.integers(1, 3)))
+    ]
+    time = TimeOptions(field=draw(st.none() | st.sampled_from(["ts", "user.id", "amount"])))
+    return RecordMapping(
+        time=time, dimensions=dimensions, measures=measures, measure_name="m" if len(measures) > 1 else None
+    )
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rest=st.lists(unmapped_stages(), max_size=3),
+    data=st.lists(payloads(), min_size=1, max_size=12),
+    mapping=timestream_mappings(),
+)
+async def test_a_timestream_mapping_over_views_gives_what_it_gives_over_whole_records(
+    rest: list[Processor], data: list[bytes], mapping: RecordMapping
+) -> None:
+    """The Timestream sink declares its mapping's fields as value_fields: mapped over the views of the
+    fused pass, records, dead-letter reasons (missing measures, non-objects, bad types) are the same."""
+    assume(not excluded(data))
+    chain = [JsonDecode(), *rest]
+    ticket = ticketed([0] * len(data))[0].ticket
+    planned_chain = Chain(chain, sinks=SinkReads(fields=mapping.fields))
+    planned, _ = await planned_chain.run(RecordBatch(P, payloads=list(data), ticket=ticket))
+    plain, _ = await Chain(chain, plan=False).run(RecordBatch(P, payloads=list(data), ticket=ticket))
+    assert len(planned) == len(plain)
+    for viewed, whole in zip(planned, plain, strict=True):
+        assert isinstance(viewed, ViewedBatch), "the push-down happened"
+        given = for_sink(viewed, mapping.fields)
+        assert given.values_held is viewed.views
+        assert mapping.map_batch(given) == mapping.map_batch(whole)
