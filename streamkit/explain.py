@@ -60,7 +60,8 @@ def explain(config: PipelineConfig, pipeline: Pipeline) -> list[str]:
 
 
 def _sink_reads(section: dict[str, Any], sink: Any) -> list[str] | None:
-    """Field paths a sink's ``when:`` and partition template read (None: a callable predicate)."""
+    """Field paths a sink's ``when:``, partition template and declared ``value_fields`` read (None: a
+    callable predicate)."""
     reads: list[str] = []
     if section.get("when") is not None:
         fields = predicate_fields(section["when"])
@@ -68,5 +69,6 @@ def _sink_reads(section: dict[str, Any], sink: Any) -> list[str] | None:
             return None
         reads.extend(sorted(fields))
     partitioner = getattr(sink, "partitioner", None)
-    reads.extend(f for f in getattr(partitioner, "fields", ()) if f not in reads)
+    declared = sink.value_fields if sink.keeps_values and sink.value_fields else ()  # a Timestream mapping, ...
+    reads.extend(f for f in [*getattr(partitioner, "fields", ()), *declared] if f not in reads)
     return reads

@@ -165,3 +165,23 @@ def test_plan_says_avro_decode_is_not_fused_and_why(tmp_path: Path, capsys: pyte
     assert "step 1: alone   avro.decode" in out
     assert "avro.decode is not fused: fastavro cannot skip fields faster than it reads them" in out
     assert "measured 0.72-0.83x of whole records" in out
+
+
+def test_plan_shows_the_fields_a_timestream_mapping_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = """
+name: metrics
+source: {type: generator}
+processors:
+  - type: json.decode
+sinks:
+  - type: timestream
+    name: ts
+    database: db
+    table: t
+    dimensions: [event]
+    measures: [{name: seq, type: BIGINT}]
+"""
+    assert main(["plan", str(write(tmp_path, text))]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "decodes  event, seq; every other field is skipped while parsing" in out
+    assert "  ts: reads event, seq: from views decoded in the fused pass (step 1), never whole records; " in out
