@@ -16,7 +16,10 @@ stay in order. What a run cannot know it does not fuse: a ``filter`` with a ``ca
 read any field), ``json.encode`` with ``sort_keys`` on whole records, and any plugin or callable, which
 ends the run (the stages after it keep their own passes). When no ``map`` in the run replaced the
 records, the output keeps the source bytes and decodes whole records only if something later reads
-them (a plugin, a sink's ``when:``, a Parquet writer): :meth:`RecordBatch.with_values_on_demand`.
+them (a plugin, a Parquet writer): :meth:`RecordBatch.with_values_on_demand`. If that run ends the chain,
+the fields the sinks read (``when:``, an S3 partition template, a Timestream mapping: ``sinks``) are
+decoded in the same pass and handed on beside the records (:mod:`streamkit.sink_views`). ``avro.decode``
+is not fused: measured, a projecting reader schema is slower than decoding whole records (``AVRO_NOT_FUSED``).
 """
 
 from __future__ import annotations
