@@ -185,7 +185,10 @@ def plan(processors: Sequence[Processor], sinks: SinkReads | None = None) -> tup
         step = Step([fused.decode_name, *(n for _, n in fused.stages)], fused=True, fields=tree_paths(tree))
         if push and sinks is not None:
             step.sink_fields = list(sinks.fields)
-            step.notes.append(f"sinks read {', '.join(sinks.fields)}: decoded in this pass, not from whole records")
+            arrives = "" if i == 0 else " (when its input arrives as bytes; decoded input is read as it is)"
+            step.notes.append(
+                f"sinks read {', '.join(sinks.fields)}: decoded in this pass, not from whole records{arrives}"
+            )
         elif last and views_leave and sinks is not None and sinks.whole is not None:
             step.notes.append(f"sink fields not decoded here: {sinks.whole}")
         if fused.fast is not None:

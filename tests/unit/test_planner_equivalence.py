@@ -519,9 +519,15 @@ async def test_a_timestream_mapping_over_views_gives_what_it_gives_over_whole_re
     planned_chain = Chain(chain, sinks=SinkReads(fields=mapping.fields))
     planned, _ = await planned_chain.run(RecordBatch(P, payloads=list(data), ticket=ticket))
     plain, _ = await Chain(chain, plan=False).run(RecordBatch(P, payloads=list(data), ticket=ticket))
+    # The whole chain one fused step over the source bytes (unless json.encode with sort_keys split it):
+    # then the mapping's fields are decoded in it and handed to the sink as its values.
+    fused_whole = len(planned_chain.stages) == 1
+    if fused_whole:
+        assert planned_chain.steps[0].sink_fields == list(mapping.fields)
     assert len(planned) == len(plain)
-    for viewed, whole in zip(planned, plain, strict=True):
-        assert isinstance(viewed, ViewedBatch), "the push-down happened"
-        given = for_sink(viewed, mapping.fields)
-        assert given.values_held is viewed.views
+    for out, whole in zip(planned, plain, strict=True):
+        given = for_sink(out, mapping.fields)
+        if fused_whole:
+            assert isinstance(out, ViewedBatch)
+            assert given.values_held is out.views
         assert mapping.map_batch(given) == mapping.map_batch(whole)
