@@ -274,14 +274,14 @@ class PartitionedSink(MemorySink):
         super().__init__(MemorySinkOptions(max_records=6, max_bytes=Size(1 << 20)))
         self.partitioner = compile_partitioner(template)
         self.value_fields = self.partitioner.fields
-        self.partitions: list[tuple[Any, str]] = []
-        """(position, partition) of every record written, in order."""
+        self.partitions: dict[tuple[Partition, Any], str] = {}
+        """The Hive partition of every record written, by (source partition, position)."""
 
     async def write(self, batches: Sequence[RecordBatch]) -> list[Any]:
         for batch in batches:
             times = batch.event_ms if batch.event_ms is not None else batch.arrival_ms
-            for hive, indexes in sorted(self.partitioner.group(times, batch.values).items()):
-                self.partitions.extend((batch.position(i), hive) for i in indexes.tolist())
+            for hive, indexes in self.partitioner.group(times, batch.values).items():
+                self.partitions.update({(batch.partition, batch.position(i)): hive for i in indexes.tolist()})
         return await super().write(batches)
 
 
