@@ -231,7 +231,7 @@ def _projection(run: Sequence[Processor]) -> JsonProject | None:
 
 AVRO_NOT_FUSED = (
     "avro.decode is not fused: fastavro cannot skip fields faster than it reads them (a reader schema naming "
-    "only the fields read measured 0.72-0.83x of whole records, benchmarks/avro_projection.py), and skipping "
+    "only the fields read measured 0.72-0.89x of whole records, benchmarks/avro_projection.py), and skipping "
     "would accept invalid UTF-8 in unread strings that decoding whole records rejects; the stages after it run one "
     "pass each over whole records"
 )
