@@ -2,8 +2,8 @@
 
 botocore's parser builds a dict and a timezone-aware datetime per record (~50-60k records/s per
 core on a 10,000-record response, PERF_FACTS.md). Here the body is decoded by msgspec into
-gc-untracked structs that name only the fields we use, ``Data`` stays a str until pybase64 (SIMD,
-strict mode) turns it into bytes, and each column is pulled out with a C-level ``map``: no
+gc-untracked structs that name only the fields we use, ``Data`` straight into bytes (msgspec decodes
+base64 for a ``bytes`` field itself, strictly), and each column is pulled out with a C-level ``map``: no
 per-record Python function runs. ``benchmarks/kinesis_decode.py`` measures it against botocore
 and against an orjson variant (msgspec is the faster of the two on this shape).
 
@@ -12,16 +12,13 @@ KPL deaggregation is a separate step, :func:`deaggregate`, so a source can skip 
 
 from __future__ import annotations
 
-import binascii
 from dataclasses import dataclass, field
-from itertools import repeat
 from operator import attrgetter
 from typing import NamedTuple
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
-import pybase64
 
 from streamkit.connectors.kinesis.kpl import KplDecodeError, Malformed, any_aggregated, expand
 
@@ -122,8 +119,11 @@ class _ChildShard(msgspec.Struct, rename="pascal", gc=False):
 
 class _Record(msgspec.Struct, rename="pascal", gc=False):
     sequence_number: str
-    # A str, not bytes: pybase64's strict SIMD decoder beats msgspec's own base64.
-    data: str
+    # Bytes: msgspec decodes the base64 itself, straight from the body. A str handed to pybase64 (SIMD) is as
+    # fast on one response in isolation, but in a pipeline the ~1.3 KB str per record, copied out of the
+    # body, allocated and freed again, costs ~0.2 us per record more (streamkit bench, docs/performance.md).
+    # Both are strict alike: padding required, no whitespace or junk, JSON escapes resolved first.
+    data: bytes
     partition_key: str = ""
     approximate_arrival_timestamp: float = MISSING_ARRIVAL_MS / 1000
     # Unknown fields (EncryptionType, anything new) are skipped by msgspec without being built.
@@ -178,13 +178,7 @@ def decode_subscribe_event(payload: bytes) -> DecodedRecords:
 def _columns(
     records: list[_Record], next_at: str | None, millis_behind: int | None, child_shards: list[_ChildShard] | None
 ) -> DecodedRecords:
-    try:
-        # validate=True is pybase64's fast path (2x the lenient one) and rejects junk instead of
-        # silently skipping it; positional args because map() cannot pass keywords.
-        payloads = list(map(pybase64.b64decode, map(_data, records), repeat(None), repeat(True)))
-    except binascii.Error as exc:
-        raise GetRecordsDecodeError(f"a record's Data is not base64: {exc}") from exc
-
+    payloads: list[bytes] = list(map(_data, records))
     seconds = np.fromiter(map(_arrival, records), dtype=np.float64, count=len(records))
     seconds *= 1000.0
     arrival_ms = np.rint(seconds).astype(np.int64)

@@ -203,6 +203,11 @@ def test_128_digit_sequence_numbers_kept_verbatim() -> None:
         b'{"Records":[{"SequenceNumber":"1","Data":"YQ","PartitionKey":"k"}]}',
         b'{"Records":[{"SequenceNumber":"1","Data":"YQ\\u00e9=","PartitionKey":"k"}]}',
         b'{"Records":[{"SequenceNumber":1,"Data":"","PartitionKey":"k"}]}',
+        b'{"Records":[{"SequenceNumber":"1","Data":"YQ==\\n","PartitionKey":"k"}]}',
+        b'{"Records":[{"SequenceNumber":"1","Data":"Y Q==","PartitionKey":"k"}]}',
+        b'{"Records":[{"SequenceNumber":"1","Data":"YS-i","PartitionKey":"k"}]}',
+        b'{"Records":[{"SequenceNumber":"1","Data":123456,"PartitionKey":"k"}]}',
+        b'{"Records":[{"SequenceNumber":"1","Data":[],"PartitionKey":"k"}]}',
         b'{"__type":"ExpiredIteratorException","message":"Iterator expired"}',
     ],
 )
@@ -237,3 +242,14 @@ def test_fast_path_without_aggregated_records() -> None:
     # The no-aggregate path hands the decoded columns over without copying them.
     plain = decode_get_records(orjson.dumps({"Records": records[3:4]}))
     assert deaggregate(plain).payloads is plain.payloads
+
+
+def test_data_with_json_escapes_decodes_as_botocore_reads_it() -> None:
+    """JSON escapes in Data (a ``\\/`` some encoders write) are resolved before the base64 is decoded."""
+    body = (
+        b'{"Records":[{"SequenceNumber":"1","Data":"YS\\/i","PartitionKey":"k"},'
+        b'{"SequenceNumber":"2","Data":"\\u0059Q==","PartitionKey":"k"}]}'
+    )
+    decoded = decode_get_records(body)
+    assert decoded.payloads == [b"a/\xe2", b"a"]
+    assert decoded.payloads == [r["Data"] for r in _botocore_parse(body)["Records"]]
