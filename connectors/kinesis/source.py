@@ -118,11 +118,6 @@ def _stream_options(options: KinesisSourceOptions, where: str) -> list[StreamOpt
 
 def _validate(options: KinesisSourceOptions, where: str) -> None:
     _stream_options(options, where)
-    if options.consumer == "efo" and options.streams is not None:
-        # The fan-out consumer is registered on one stream, with the worker's own credentials.
-        raise ConfigError(f"{where}.consumer", "efo reads one stream: use stream: (not streams:) with consumer: efo")
-    if options.consumer == "efo" and options.role_arn is not None:
-        raise ConfigError(f"{where}.role_arn", "not supported with consumer: efo yet (polling only)")
     if options.initial_position == "AT_TIMESTAMP" and not options.initial_timestamp:
         raise ConfigError(f"{where}.initial_timestamp", "required with initial_position AT_TIMESTAMP")
     if options.initial_timestamp:
@@ -233,7 +228,7 @@ class KinesisSource(Source):
         if self.options.consumer == "efo":
             try:
                 self.fan_out = await FanOut.start(
-                    self._stack, self.aws, self.kinesis, self.streams[0].stream, self.options.efo, self.table_name
+                    self._stack, self.aws, self.streams, self.options.efo, self.table_name, where=self.where
                 )
             except BaseException:
                 await self._stack.aclose()
@@ -320,6 +315,16 @@ class KinesisSource(Source):
     def _stream_of(self, lease_key: str) -> ConfiguredStream | None:
         return next((stream for stream in self.streams if stream.owns(lease_key)), None)
 
+    def _partition(self, lease_key: str) -> Partition:
+        """The runtime's partition of a lease: ``kinesis:<stream name>`` and the lease key.
+
+        With several streams the source is the shard's own stream, not this source's name (``kinesis:a,b``):
+        what sinks derive from it (the S3 key's ``{stream}``, the Iceberg ledger, dead-letter entries) names
+        the stream the records came from, and stays the same when another stream is added to or removed from
+        the list, so a replay after such a change writes the same S3 keys."""
+        stream = self._stream_of(lease_key) if self.multi_stream else None
+        return Partition(f"kinesis:{stream.name}" if stream is not None else self.name, lease_key)
+
     async def run(self, host: PartitionHost, stop: asyncio.Event) -> None:
         assert self.coordinator is not None
         self._host = host
@@ -361,7 +366,7 @@ class KinesisSource(Source):
         assert self.coordinator is not None
         while True:
             event = await self.coordinator.events.get()
-            partition = Partition(self.name, event.lease.lease_key)
+            partition = self._partition(event.lease.lease_key)
             if event.kind == "acquired":
                 if stop.is_set():
                     # The runtime is draining: a reader started now would never be stopped (and its records
@@ -395,7 +400,7 @@ class KinesisSource(Source):
         """Called by the coordinator before a lease moves to another worker: drain and checkpoint first."""
         self._handed_off.add(lease_key)
         if self._host is not None:
-            await self._host.revoke(Partition(self.name, lease_key), graceful=True)
+            await self._host.revoke(self._partition(lease_key), graceful=True)
         self._readers.pop(lease_key, None)
 
     def _reader_for(self, lease: Lease) -> ShardReader | None:
@@ -410,17 +415,19 @@ class KinesisSource(Source):
         hash_range = None
         if lease.starting_hash_key is not None and lease.ending_hash_key is not None:
             hash_range = (int(lease.starting_hash_key), int(lease.ending_hash_key))
-        partition = Partition(self.name, lease.lease_key)
+        partition = self._partition(lease.lease_key)
+        shard_id = stream.shard_id(lease.lease_key) if stream.lease_key_prefix else None
         if self.fan_out is not None:
             return self.fan_out.reader(
                 partition,
-                stream.stream,
+                stream,
                 start,
                 self.settings,
                 hash_range=hash_range,
                 on_end=lambda children: self._shard_ended(lease.lease_key, children),
                 on_lag=lambda ms: self._lag(partition, ms),
                 totals=self.read_counts,
+                shard_id=shard_id,
             )
         return ShardReader(
             partition,
@@ -432,7 +439,7 @@ class KinesisSource(Source):
             on_end=lambda children: self._shard_ended(lease.lease_key, children),
             on_lag=lambda ms: self._lag(partition, ms),
             totals=self.read_counts,
-            shard_id=stream.shard_id(lease.lease_key) if stream.lease_key_prefix else None,
+            shard_id=shard_id,
         )
 
     def _start_at(self, checkpoint: str, sub_sequence: int) -> StartAt:
