@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import boto3
+import orjson
 import pytest
 
 from streamkit.build import build_pipeline
@@ -21,9 +22,11 @@ from streamkit.config import parse_config
 from streamkit.connectors.kinesis.source import KinesisSource
 from streamkit.connectors.local.memory_sink import MemorySinkOptions
 from streamkit.devtools.localstack.efo_proxy import EventStreamProxy
+from streamkit.errors import ConfigError
 from streamkit.runtime import Pipeline
 from tests.integration.kinesis_helpers import create_stream, put_json
 from tests.integration.test_kinesis_efo import OrderLog, Running, efo_proxy, lease_items
+from tests.integration.test_kinesis_faults import modelled_error
 from tests.integration.test_kinesis_multi_stream import prefix_of
 
 __all__ = ["efo_proxy"]  # the proxy fixture, used by the tests below
@@ -250,3 +253,37 @@ async def test_efo_through_an_assumed_role_and_a_removed_stream_is_no_longer_sub
     assert "RegisterStreamConsumer" not in efo_proxy.requests
     assert held == {f"{prefix_of(client, 'local')}shardId-000000000000"}
     assert lease_items(moto_server.endpoint_url, TABLE)[shared_key] == before
+
+
+async def test_one_streams_refused_registration_fails_start_up_naming_that_stream(
+    efo_proxy: EventStreamProxy, moto_server: Any
+) -> None:
+    endpoint = efo_proxy.endpoint_url
+    client = create_stream(endpoint, "orders", shards=1)
+    create_stream(endpoint, "payments", shards=1)
+    payments_arn = stream_arn(client, "payments")
+    source = pipeline(endpoint, moto_server.endpoint_url, [{"stream": "orders"}, {"stream": "payments"}]).source
+    assert isinstance(source, KinesisSource)
+    denied: list[str] = []
+
+    def deny_payments(params: dict[str, Any], **_: Any) -> Any:
+        if orjson.loads(params["body"])["StreamARN"] != payments_arn:
+            return None
+        denied.append(payments_arn)
+        return modelled_error("AccessDeniedException", "not authorized to perform kinesis:RegisterStreamConsumer")
+
+    open_streams = source._open_streams
+
+    async def open_streams_then_deny() -> None:
+        await open_streams()
+        # Both streams are read as the worker itself: one control client; the hook picks payments' calls.
+        (control,) = {id(s.client): s.client for s in source.streams}.values()
+        control.client.meta.events.register("before-call.kinesis.RegisterStreamConsumer", deny_payments)
+
+    source._open_streams = open_streams_then_deny  # type: ignore[method-assign]
+    with pytest.raises(ConfigError, match=r"source\.efo\.consumer_name") as failed:
+        await source.start(None)  # type: ignore[arg-type]
+    assert payments_arn in str(failed.value) and "AccessDeniedException" in str(failed.value)
+    assert denied == [payments_arn]  # refused at once, not retried
+    # Start-up closed every client it opened (the runtime does not close a source whose start failed).
+    assert all(stream.client.client is None for stream in source.streams)
