@@ -45,7 +45,11 @@ from streamkit.config import AwsSettings, PositiveSeconds
 from streamkit.connectors.aws_clients import KINESIS_TRANSIENT_CODES, ClientOptions, transient_reason
 from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import ChildShard, DecodedRecords, decode_subscribe_event
-from streamkit.connectors.kinesis.efo_consumer import ConsumerRegistrationError, ensure_consumer
+from streamkit.connectors.kinesis.efo_consumer import (
+    CREATING_PER_ACCOUNT,
+    ConsumerRegistrationError,
+    ensure_consumer,
+)
 from streamkit.connectors.kinesis.reader import ReadPacer, ReadSettings, ShardReader, StartAt
 from streamkit.connectors.kinesis.streams import ConfiguredStream
 from streamkit.errors import ConfigError
@@ -136,18 +140,21 @@ class FanOut:
                 client = KinesisClient(aws, subscription_options, session=stream.client.session)
                 clients[id(stream.client)] = await stack.enter_async_context(client)
 
+        creating = {stream.account: asyncio.Semaphore(CREATING_PER_ACCOUNT) for stream in streams}
+
         async def register(stream: ConfiguredStream) -> StreamConsumer:
             try:
-                arn = await ensure_consumer(
-                    stream.client.client, stream.arn, name, timeout_s=options.register_timeout_s
-                )
+                async with creating[stream.account]:
+                    timeout = options.register_timeout_s
+                    arn = await ensure_consumer(stream.client.client, stream.arn, name, timeout_s=timeout)
             except ConsumerRegistrationError as exc:
                 raise ConfigError(f"{where}.efo.consumer_name", str(exc)) from None
             log.info("enhanced fan-out consumer ACTIVE", consumer=name, arn=arn)
             return StreamConsumer(stream, arn, clients[id(stream.client)])
 
         try:
-            # Each stream has its own control-plane limits: a fleet start waits for the slowest, not the sum.
+            # Describes are limited per stream, so streams go concurrently: start-up waits for the slowest
+            # registration, not the sum; at most CREATING_PER_ACCOUNT registrations of one account at once.
             async with asyncio.TaskGroup() as group:
                 tasks = [group.create_task(register(stream)) for stream in streams]
         except BaseExceptionGroup as failed:

@@ -30,6 +30,9 @@ _RACE_CODES = KINESIS_TRANSIENT_CODES | {"ResourceInUseException"}
 REGISTRATION_RETRY = RetryPolicy(max_attempts=0, base_delay_s=0.5, max_delay_s=5.0)
 # How often a CREATING consumer is described again (jittered), within the 20 calls/s per stream.
 ACTIVE_POLL_S = 1.0
+# At most 5 consumers of an account may be CREATING at once: a 6th registration is refused with
+# LimitExceededException. A worker registering several streams' consumers keeps to it by itself.
+CREATING_PER_ACCOUNT = 5
 
 
 class ConsumerRegistrationError(Exception):
