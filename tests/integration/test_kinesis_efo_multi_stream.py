@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
+from contextlib import AsyncExitStack
 from typing import Any
 
 import boto3
@@ -18,10 +19,14 @@ import orjson
 import pytest
 
 from streamkit.build import build_pipeline
-from streamkit.config import parse_config
+from streamkit.config import AwsSettings, parse_config
+from streamkit.connectors.kinesis.client import KinesisClient
+from streamkit.connectors.kinesis.efo import FanOut, FanOutOptions
 from streamkit.connectors.kinesis.source import KinesisSource
+from streamkit.connectors.kinesis.streams import describe_stream
 from streamkit.connectors.local.memory_sink import MemorySinkOptions
 from streamkit.devtools.localstack.efo_proxy import EventStreamProxy
+from streamkit.devtools.localstack.kinesis import KinesisLocal
 from streamkit.errors import ConfigError
 from streamkit.runtime import Pipeline
 from tests.integration.kinesis_helpers import create_stream, put_json
@@ -287,3 +292,38 @@ async def test_one_streams_refused_registration_fails_start_up_naming_that_strea
     assert denied == [payments_arn]  # refused at once, not retried
     # Start-up closed every client it opened (the runtime does not close a source whose start failed).
     assert all(stream.client.client is None for stream in source.streams)
+
+
+async def test_at_most_five_consumers_of_an_account_are_creating_at_once() -> None:
+    # Its own kinesis-local, where a consumer becomes ACTIVE only 0.5 s after it was registered (as on AWS,
+    # seconds), so that registrations overlap.
+    with KinesisLocal.start(stream_transition_ms=500) as server:
+        names = [f"s{i}" for i in range(7)]
+        for name in names:  # one at a time: kinesis-local allows 5 streams CREATING, as AWS does
+            create_stream(server.endpoint_url, name, shards=1)
+        aws = AwsSettings(region="us-east-1", endpoints={"kinesis": server.endpoint_url})
+        creating: set[str] = set()
+        most_creating = 0
+        registered: list[str] = []
+
+        def on_register(params: dict[str, Any], **_: Any) -> None:
+            nonlocal most_creating
+            arn = orjson.loads(params["body"])["StreamARN"]
+            registered.append(arn)
+            creating.add(arn)
+            most_creating = max(most_creating, len(creating))
+
+        def on_describe(parsed: dict[str, Any], **_: Any) -> None:
+            description = parsed.get("ConsumerDescription", {})
+            if description.get("ConsumerStatus") == "ACTIVE":
+                creating.discard(description["StreamARN"])
+
+        async with AsyncExitStack() as stack:
+            client = await stack.enter_async_context(KinesisClient(aws))
+            client.client.meta.events.register("before-call.kinesis.RegisterStreamConsumer", on_register)
+            client.client.meta.events.register("after-call.kinesis.DescribeStreamConsumer", on_describe)
+            streams = [await describe_stream(client, name, multi_stream=True) for name in names]
+            fan_out = await FanOut.start(stack, aws, streams, FanOutOptions(), "app")
+        assert sorted(registered) == sorted(s.arn for s in streams)  # each registered once, never refused
+        assert most_creating == 5  # concurrent, and never a 6th CREATING (AWS would refuse it)
+        assert [c.stream.name for c in fan_out.consumers] == names
