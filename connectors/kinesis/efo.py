@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -106,6 +106,14 @@ class StreamConsumer:
     """The subscription client, acting as the same identity as the stream's own client (its ``role_arn``)."""
 
 
+@dataclass(frozen=True, slots=True)
+class GivenConsumer:
+    """A consumer named in the configuration (``streams[i].consumer_arn``), and the setting that named it."""
+
+    arn: str
+    setting: str
+
+
 class FanOut:
     """The source's enhanced fan-out side: one registered consumer per stream, and the subscription clients.
 
@@ -123,10 +131,13 @@ class FanOut:
     @classmethod
     async def start(
         cls, stack: AsyncExitStack, aws: AwsSettings, streams: Sequence[ConfiguredStream], options: FanOutOptions,
-        default_name: str, *, where: str = "source",
+        default_name: str, *, where: str = "source", given: Mapping[str, GivenConsumer] | None = None,
     ) -> FanOut:  # fmt: skip
         """Register (or find) every stream's consumer, concurrently, and open one subscription client per
-        identity; the clients are closed with ``stack``. Any stream failing fails start-up."""
+        identity; the clients are closed with ``stack``. Any stream failing fails start-up.
+
+        ``given``: by stream ARN, consumers registered beforehand, used instead of registering one."""
+        given = given or {}
         name = options.consumer_name or default_name
         subscription_options = ClientOptions(
             max_pool_connections=SUBSCRIPTION_CONNECTIONS, read_timeout_s=options.stall_timeout_s + 5
@@ -143,12 +154,17 @@ class FanOut:
         creating = {stream.account: asyncio.Semaphore(CREATING_PER_ACCOUNT) for stream in streams}
 
         async def register(stream: ConfiguredStream) -> StreamConsumer:
+            own = given.get(stream.arn)
+            if own is not None and not own.arn.startswith(f"{stream.arn}/consumer/"):
+                raise ConfigError(own.setting, f"{own.arn} is not a consumer of {stream.arn}")
             try:
                 async with creating[stream.account]:
-                    timeout = options.register_timeout_s
-                    arn = await ensure_consumer(stream.client.client, stream.arn, name, timeout_s=timeout)
+                    arn = await ensure_consumer(
+                        stream.client.client, stream.arn, name, timeout_s=options.register_timeout_s,
+                        consumer_arn=own.arn if own else None,
+                    )  # fmt: skip
             except ConsumerRegistrationError as exc:
-                raise ConfigError(f"{where}.efo.consumer_name", str(exc)) from None
+                raise ConfigError(own.setting if own else f"{where}.efo.consumer_name", str(exc)) from None
             log.info("enhanced fan-out consumer ACTIVE", consumer=name, arn=arn)
             return StreamConsumer(stream, arn, clients[id(stream.client)])
 

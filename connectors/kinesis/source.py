@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from collections import Counter
 from contextlib import AsyncExitStack
 from typing import Annotated, Any, Literal
@@ -37,7 +38,7 @@ from streamkit.connectors.dynamodb import (
 )
 from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import ChildShard
-from streamkit.connectors.kinesis.efo import FanOut, FanOutOptions
+from streamkit.connectors.kinesis.efo import FanOut, FanOutOptions, GivenConsumer
 from streamkit.connectors.kinesis.positions import KinesisPosition, checkpoint_for, parse_checkpoint
 from streamkit.connectors.kinesis.reader import ReadSettings, ShardReader, StartAt
 from streamkit.connectors.kinesis.streams import ConfiguredStream, StreamOptions, describe_stream, stream_name_of
@@ -94,6 +95,12 @@ class KinesisSourceOptions(msgspec.Struct, forbid_unknown_fields=True):
     efo: FanOutOptions = msgspec.field(default_factory=FanOutOptions)
 
 
+# What DescribeStreamConsumer accepts as a ConsumerARN (the API reference's pattern, anchored).
+_CONSUMER_ARN = re.compile(
+    r"^arn:aws[a-z-]*:kinesis:[a-z0-9-]+:\d{12}:stream/[a-zA-Z0-9_.-]+/consumer/[a-zA-Z0-9_.-]+:\d+$"
+)
+
+
 def _stream_options(options: KinesisSourceOptions, where: str) -> list[StreamOptions]:
     """The configured streams; exactly one of ``stream`` and ``streams``."""
     if options.streams is not None:
@@ -110,6 +117,15 @@ def _stream_options(options: KinesisSourceOptions, where: str) -> list[StreamOpt
             if entry.stream in seen:
                 raise ConfigError(f"{where}.streams[{index}].stream", f"{entry.stream!r} is listed twice")
             seen.add(entry.stream)
+            if entry.consumer_arn is not None:
+                key = f"{where}.streams[{index}].consumer_arn"
+                if options.consumer != "efo":
+                    raise ConfigError(key, "only used with consumer: efo")
+                if not _CONSUMER_ARN.match(entry.consumer_arn):
+                    raise ConfigError(
+                        key,
+                        "expected a consumer ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/NAME/consumer/NAME:EPOCH)",
+                    )
         return list(options.streams)
     if not options.stream:
         raise ConfigError(f"{where}.stream", "required (or streams: a list of several)")
@@ -227,9 +243,15 @@ class KinesisSource(Source):
         self.kinesis = self.streams[0].client
         if self.options.consumer == "efo":
             try:
+                given = {
+                    stream.arn: GivenConsumer(entry.consumer_arn, f"{self.where}.streams[{index}].consumer_arn")
+                    for index, (entry, stream) in enumerate(zip(self.stream_options, self.streams, strict=True))
+                    if entry.consumer_arn is not None
+                }
                 self.fan_out = await FanOut.start(
-                    self._stack, self.aws, self.streams, self.options.efo, self.table_name, where=self.where
-                )
+                    self._stack, self.aws, self.streams, self.options.efo, self.table_name, where=self.where,
+                    given=given,
+                )  # fmt: skip
             except BaseException:
                 await self._stack.aclose()
                 raise

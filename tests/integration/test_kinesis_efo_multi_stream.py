@@ -327,3 +327,50 @@ async def test_at_most_five_consumers_of_an_account_are_creating_at_once() -> No
         assert sorted(registered) == sorted(s.arn for s in streams)  # each registered once, never refused
         assert most_creating == 5  # concurrent, and never a 6th CREATING (AWS would refuse it)
         assert [c.stream.name for c in fan_out.consumers] == names
+
+
+async def test_a_consumer_registered_beforehand_is_subscribed_with_by_its_arn_and_never_registered(
+    efo_proxy: EventStreamProxy, moto_server: Any
+) -> None:
+    endpoint = efo_proxy.endpoint_url
+    client = create_stream(endpoint, "orders", shards=1)
+    create_stream(endpoint, "payments", shards=1)
+    orders_arn, payments_arn = stream_arn(client, "orders"), stream_arn(client, "payments")
+    # Registered by "infrastructure code", under a name of its own (as a KCL StreamConfig's consumerArn).
+    infra_arn = client.register_stream_consumer(StreamARN=payments_arn, ConsumerName="infra-made")["Consumer"][
+        "ConsumerARN"
+    ]
+    put_json(client, "orders", tagged("orders", 0, 30), key="key")
+    put_json(client, "payments", tagged("payments", 0, 30), key="key")
+    efo_proxy.requests.clear()
+    OrderLog.log = []
+    streams = [{"stream": "orders"}, {"stream": "payments", "consumer_arn": infra_arn}]
+    running = Running(pipeline(endpoint, moto_server.endpoint_url, streams))
+    await running.ready()
+    await running.until(lambda: len(OrderLog.log) >= 60)
+    await running.finish()
+    assert_read_once_in_key_order("orders", range(30))
+    assert_read_once_in_key_order("payments", range(30))
+    assert {c.consumer_arn for c in efo_proxy.subscriptions if c.stream == "payments"} == {infra_arn}
+    orders_consumers = {c.consumer_arn for c in efo_proxy.subscriptions if c.stream == "orders"}
+    assert len(orders_consumers) == 1 and orders_consumers.pop().startswith(f"{orders_arn}/consumer/{TABLE}:")
+    assert efo_proxy.requests.count("RegisterStreamConsumer") == 1  # orders' only
+    listed = client.list_stream_consumers(StreamARN=payments_arn)["Consumers"]
+    assert [c["ConsumerName"] for c in listed] == ["infra-made"]
+
+    # Wrong settings fail naming streams[1].consumer_arn: not with polling, not an ARN, another stream's
+    # consumer, a consumer that is not registered.
+    moto = moto_server.endpoint_url
+    key = r"source\.streams\[1\]\.consumer_arn"
+    with pytest.raises(ConfigError, match=key + ".*consumer: efo"):
+        pipeline(endpoint, moto, streams, consumer="polling")
+    with pytest.raises(ConfigError, match=key + ".*expected a consumer ARN"):
+        pipeline(endpoint, moto, [{"stream": "orders"}, {"stream": "payments", "consumer_arn": "infra-made"}])
+    others = [{"stream": "orders"}, {"stream": "orders-too"}]
+    create_stream(endpoint, "orders-too", shards=1)
+    others[1]["consumer_arn"] = infra_arn
+    with pytest.raises(ConfigError, match=key + ".*not a consumer of"):
+        await pipeline(endpoint, moto, others).source.start(None)  # type: ignore[arg-type]
+    ghost = [{"stream": "orders"}, {"stream": "payments", "consumer_arn": f"{payments_arn}/consumer/ghost:1700000000"}]
+    with pytest.raises(ConfigError, match=key + ".*not registered"):
+        await pipeline(endpoint, moto, ghost).source.start(None)  # type: ignore[arg-type]
