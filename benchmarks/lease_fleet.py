@@ -82,6 +82,8 @@ class FleetFigures:
     """The longest such overlap (a forced take is noticed by the old owner at its next renewal)."""
     cpu_s: dict[str, float] = field(default_factory=dict)
     """CPU seconds used by the simulating process (every coordinator) and the stand-in, by phase."""
+    calls_by_phase: dict[str, dict[str, int]] = field(default_factory=dict)
+    """DynamoDB calls by phase and operation."""
 
     def report(self) -> str:
         s = self.settings
@@ -102,6 +104,8 @@ class FleetFigures:
             f"{self.longest_double_hold_s:.2f} s"
         )
         lines.append("  CPU seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.cpu_s.items()))
+        for phase, calls in self.calls_by_phase.items():
+            lines.append(f"  calls in {phase}: {dict(sorted(calls.items()))}")
         return "\n".join(lines)
 
 
@@ -209,15 +213,19 @@ async def simulate(
     """Run the phases; ``server_pid``: the stand-in's process, for its CPU seconds."""
     figures = FleetFigures(settings, stand_in=stand_in)
     watch = DoubleHoldWatch()
+    counter = CallCounter()
     cpu_mark = (cpu_seconds(), cpu_seconds(server_pid))
+    calls_mark: Counter[str] = Counter()
 
-    def cpu_phase(name: str) -> None:
-        nonlocal cpu_mark
+    def end_phase(name: str) -> None:
+        nonlocal cpu_mark, calls_mark
         now = (cpu_seconds(), cpu_seconds(server_pid))
         figures.cpu_s[f"{name} (sim)"] = now[0] - cpu_mark[0]
         if server_pid is not None:
             figures.cpu_s[f"{name} ({stand_in})"] = now[1] - cpu_mark[1]
         cpu_mark = now
+        figures.calls_by_phase[name] = dict(counter.counts - calls_mark)
+        calls_mark = Counter(counter.counts)
 
     config = Config(max_pool_connections=128, retries={"mode": "standard", "max_attempts": 3})
     async with get_session().create_client(
@@ -231,7 +239,6 @@ async def simulate(
         table = LeaseTable(client, f"fleet-{uuid.uuid4().hex[:8]}")
         await table.ensure_exists(poll_interval=0.1)
         await create_leases(client, table.name, settings.shards)
-        counter = CallCounter()
         client.meta.events.register("before-call.dynamodb", counter)
 
         def worker(name: str) -> LeaseCoordinator:
@@ -249,13 +256,13 @@ async def simulate(
         tasks: dict[str, asyncio.Task[None]] = {}
         watch.alive = list(fleet)
         watcher = asyncio.create_task(watch.run(), name="double-hold-watch")
-        cpu_phase("set-up")
+        end_phase("set-up")
         try:
             for c in fleet:
                 tasks[c.worker_id] = asyncio.create_task(c.run(), name=c.worker_id)
             figures.start_s = await wait_even(fleet, settings.shards, settings.phase_timeout, "start")
             log(f"start: even after {figures.start_s:.1f} s")
-            cpu_phase("start")
+            end_phase("start")
 
             before = Counter(counter.counts)
             await asyncio.sleep(settings.measure)
@@ -263,7 +270,7 @@ async def simulate(
             figures.calls_by_operation = {op: n * per_minute for op, n in (counter.counts - before).items()}
             figures.calls_per_shard_minute = sum(figures.calls_by_operation.values())
             log(f"steady: {figures.calls_per_shard_minute:.2f} calls per shard per minute")
-            cpu_phase("steady")
+            end_phase("steady")
 
             rng = random.Random(settings.seed)
             dead = rng.sample(fleet, settings.die)
@@ -275,7 +282,7 @@ async def simulate(
             figures.after_die_s = await wait_even(alive, settings.shards, settings.phase_timeout, "after the crash")
             figures.leases_taken_after_die = len(orphaned)
             log(f"crash of {settings.die}: even after {figures.after_die_s:.1f} s ({len(orphaned)} leases orphaned)")
-            cpu_phase("crash")
+            end_phase("crash")
 
             joined += [worker(f"joiner-{i:03d}") for i in range(settings.join)]
             for c in joined:
@@ -284,7 +291,7 @@ async def simulate(
             watch.alive = list(alive)
             figures.after_join_s = await wait_even(alive, settings.shards, settings.phase_timeout, "after the join")
             log(f"join of {settings.join}: even after {figures.after_join_s:.1f} s")
-            cpu_phase("join")
+            end_phase("join")
         finally:
             watcher.cancel()
             figures.double_held, figures.longest_double_hold_s = len(watch.seen), watch.longest
