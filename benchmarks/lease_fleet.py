@@ -313,6 +313,45 @@ async def simulate(
     return figures
 
 
+async def stand_in_cost(endpoint_url: str, server_pid: int, shards: int, *, in_flight: int = 64) -> str:
+    """What one lease-table call costs a stand-in and this process: a full Scan of ``shards`` leases, and a
+    renewal (conditional UpdateItem), in CPU milliseconds (averages over 5 scans and ``shards`` renewals)."""
+    async with get_session().create_client(
+        "dynamodb",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(max_pool_connections=128),
+    ) as client:
+        table = LeaseTable(client, f"cost-{uuid.uuid4().hex[:8]}")
+        await table.ensure_exists(poll_interval=0.1)
+        await create_leases(client, table.name, shards)
+        held = await asyncio.gather(*(table.take(lease, "w") for lease in await table.list_leases()))
+
+        def clocks() -> tuple[float, float, float]:
+            return time.perf_counter(), cpu_seconds(), cpu_seconds(server_pid)
+
+        mark = clocks()
+        for _ in range(5):
+            await table.list_leases()
+        scan = [(now - then) * 1000 / 5 for now, then in zip(clocks(), mark, strict=True)]
+        slots = asyncio.Semaphore(in_flight)
+
+        async def renew(lease: Lease) -> Lease:
+            async with slots:
+                return await table.renew(lease, "w")
+
+        mark = clocks()
+        await asyncio.gather(*(renew(lease) for lease in held))
+        wall, client_cpu, server_cpu = (now - then for now, then in zip(clocks(), mark, strict=True))
+    return (
+        f"Scan of {shards} leases: {scan[0]:.0f} ms wall, {scan[1]:.0f} ms CPU here, {scan[2]:.0f} ms CPU in the "
+        f"stand-in; renewals ({in_flight} in flight): {shards / wall:.0f}/s, {client_cpu * 1000 / shards:.2f} ms "
+        f"CPU here and {server_cpu * 1000 / shards:.2f} ms in the stand-in per call"
+    )
+
+
 def _drain(coordinator: LeaseCoordinator) -> list[Any]:
     events = []
     while not coordinator.events.empty():
@@ -320,7 +359,7 @@ def _drain(coordinator: LeaseCoordinator) -> list[Any]:
     return events
 
 
-def _parse(argv: Sequence[str]) -> tuple[FleetSettings, bool, str | None, str]:
+def _parse(argv: Sequence[str]) -> tuple[FleetSettings, bool, str | None, str, bool]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     defaults = FleetSettings()
     for name in ("workers", "shards", "die", "join", "seed"):
@@ -330,6 +369,11 @@ def _parse(argv: Sequence[str]) -> tuple[FleetSettings, bool, str | None, str]:
     parser.add_argument("--taker", type=float, default=None, help="taker interval (default: failover)")
     parser.add_argument("--renew", type=float, default=None, help="renewal interval (default: failover / 3)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON as well")
+    parser.add_argument(
+        "--cost",
+        action="store_true",
+        help="instead of a fleet: measure what a Scan of --shards leases and a renewal cost each stand-in",
+    )
     parser.add_argument(
         "--stand-in",
         choices=sorted(STAND_INS),
@@ -343,7 +387,7 @@ def _parse(argv: Sequence[str]) -> tuple[FleetSettings, bool, str | None, str]:
     )
     args = parser.parse_args(argv)
     settings = FleetSettings(**{name: getattr(args, name) for name in FleetSettings.__dataclass_fields__})
-    return settings, args.json, args.endpoint_url, args.stand_in
+    return settings, args.json, args.endpoint_url, args.stand_in, args.cost
 
 
 STAND_INS: dict[str, type[Dynalite] | type[MotoServer]] = {"dynalite": Dynalite, "moto": MotoServer}
@@ -368,8 +412,13 @@ async def _cancellable(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings, as_json, endpoint_url, stand_in = _parse(sys.argv[1:] if argv is None else argv)
+    settings, as_json, endpoint_url, stand_in, cost = _parse(sys.argv[1:] if argv is None else argv)
     configure_logs("console", "WARNING")  # thousands of takes and hand-offs: keep only what went wrong
+    if cost:
+        for name, kind in sorted(STAND_INS.items()):
+            with kind.start() as server:
+                print(f"{name}: {asyncio.run(stand_in_cost(server.endpoint_url, server.pid, settings.shards))}")
+        return 0
     started = time.monotonic()
     try:
         if endpoint_url:
