@@ -1,10 +1,12 @@
 """A fleet against the real coordinator on dynalite: it balances, survives a crash, absorbs newcomers, and
 never lets two workers hold one lease.
 
-The same simulation as benchmarks/lease_fleet.py (which runs 50 workers and 1,000 shards), at the largest
-size that is reliable on a shared 2-core machine: 50 workers, 200 shards, failover 6 s (renew 2 s, taker
-pass 6 s). Bounds are protocol bounds in taker passes, generous for a loaded machine; the measured figures
-are printed (``-s``) and discussed in docs/leases.md ("Fleet scale").
+The same simulation as benchmarks/lease_fleet.py, at the size issue #13 asks for: 50 workers and 1,000
+shards, with failover 20 s (renew every 6.7 s, a taker pass every 20 s). At the KCL's 10 s one host cannot
+sustain the 300 renewals a second that 1,000 leases need while also simulating 50 workers; docs/leases.md
+("Fleet scale") has the figures. A faster, smaller fleet (200 shards, failover 6 s) runs too, so a
+regression in the taking protocol shows quickly. Bounds are protocol bounds in taker passes, generous for
+a loaded machine; the measured figures are printed (``-s``).
 """
 
 from __future__ import annotations
@@ -16,14 +18,24 @@ import pytest
 from benchmarks.lease_fleet import FleetSettings, simulate
 from streamkit.devtools.localstack import Dynalite
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(420), pytest.mark.usefixtures("aws_env")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.usefixtures("aws_env")]
 
 
-async def test_a_fleet_balances_after_start_crash_and_join_with_bounded_dynamodb_calls(dynalite: Dynalite) -> None:
-    failover = taker = 6.0
+@pytest.mark.parametrize(("shards", "failover"), [(200, 6.0), (1000, 20.0)], ids=["50x200", "50x1000"])
+async def test_a_fleet_balances_after_start_crash_and_join_with_bounded_dynamodb_calls(
+    dynalite: Dynalite, shards: int, failover: float
+) -> None:
+    taker = failover
     renew = failover / 3
     settings = FleetSettings(
-        workers=50, shards=200, die=10, join=10, failover=failover, taker=taker, measure=12.0, phase_timeout=120.0
+        workers=50,
+        shards=shards,
+        die=10,
+        join=10,
+        failover=failover,
+        taker=taker,
+        measure=2 * failover,
+        phase_timeout=20 * taker,
     )
     lines: list[str] = []
     figures = await simulate(
