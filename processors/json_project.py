@@ -128,7 +128,7 @@ class JsonProject:
             rename[attr] = key
             self._attr[key] = attr
             # A field the predicate reads is decoded into Python values (and re-encoded if also projected);
-            # the others stay raw bytes.
+            # the others stay raw bytes. Exact mode decodes every field into values (see _EXACT_VALUE).
             kind: Any = (
                 _EXACT_VALUE | msgspec.UnsetType if exact else Any if key in read else msgspec.Raw | msgspec.UnsetType
             )

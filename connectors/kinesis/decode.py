@@ -104,7 +104,7 @@ class DeaggregatedRecords:
         return len(self.sequence_numbers)
 
 
-# gc=False: these objects hold only strings and lists of strings, never cycles, so keeping
+# gc=False: these objects hold only strings, bytes and lists of strings, never cycles, so keeping
 # 10,000 of them out of the cyclic GC's tracking is safe and saves its collections.
 class _HashKeyRange(msgspec.Struct, rename="pascal", gc=False):
     starting_hash_key: str
