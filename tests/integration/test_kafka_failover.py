@@ -57,8 +57,9 @@ def produce(bootstrap: str, topic: str, count: int) -> dict[int, tuple[int, int]
     placed: dict[int, tuple[int, int]] = {}
 
     def delivered(error: KafkaError | None, message: Message) -> None:
-        assert error is None, error
-        placed[orjson.loads(message.value())["id"]] = (message.partition(), message.offset())
+        value, partition, offset = message.value(), message.partition(), message.offset()
+        assert error is None and value is not None and partition is not None and offset is not None, error
+        placed[orjson.loads(value)["id"]] = (partition, offset)
 
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10})
     for i in range(count):
