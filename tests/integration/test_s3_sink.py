@@ -598,10 +598,12 @@ async def test_fan_out_checkpoints_only_what_both_sinks_confirmed(
     pipeline = Pipeline("fan-out", base.source, base.chain, routes, None, store, base.settings, 0.05, base.metrics)
 
     task = asyncio.create_task(run(pipeline))
-    await wait_for(lambda: task.done() or s3_sink.stats.objects_written >= 3, timeout=30)
+    # Wait on the acknowledgements themselves: an object is counted written before its segment is
+    # acknowledged, and segments may finish out of order (a loaded machine widens both gaps).
+    await wait_for(lambda: task.done() or contiguous(s3_sink.confirmed) >= 799, timeout=30)
     assert not task.done(), task.result()
     # S3 confirmed objects while the other sink kept failing: nothing may be checkpointed yet.
-    assert contiguous(s3_sink.confirmed) >= 799 and not flaky.confirmed
+    assert s3_sink.stats.objects_written >= 2 and not flaky.confirmed
     assert store.history == []
     flaky.healthy.set()
     summary = await task
