@@ -18,6 +18,7 @@ not the record's fault: after retries the pipeline stops, and nothing past the b
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 import zlib
@@ -194,7 +195,7 @@ class AvroDecode:
                 values.append(read(body, schema, reader))
                 keep.append(True)
             except Exception as exc:  # fastavro raises many types on corrupt input; the record is what failed
-                failed[f"cannot decode with {self._describe(key)}: {type(exc).__name__}: {exc}"].append(i)
+                failed[f"cannot decode with {self._describe(key)}: {type(exc).__name__}: {_message(exc)}"].append(i)
                 keep.append(False)
         for reason, indices in failed.items():
             ctx.fail(batch, indices, reason)
@@ -207,6 +208,15 @@ class AvroDecode:
             return f"schema id {key}"
         assert isinstance(key, bytes)
         return f"Glue schema version {uuid.UUID(bytes=key)}"
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
+def _message(exc: Exception) -> str:
+    """fastavro's message without the reprs it names (``cannot read double from <_io.BytesIO object at
+    0x7f...>``): a dead-letter reason is the same for the same record, every run (and groups records)."""
+    return _OBJECT_REPR.sub("the record", str(exc))
 
 
 def _split_confluent(payload: bytes) -> tuple[int, BytesIO] | str:

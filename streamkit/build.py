@@ -17,10 +17,11 @@ from streamkit.errors import ConfigError
 from streamkit.metrics import Metrics
 from streamkit.plugin_env import PluginEnv
 from streamkit.plugins import Kind, load_plugin, resolve_reference
-from streamkit.predicates import batch_predicate, compile_values_predicate
+from streamkit.predicates import batch_predicate, compile_values_predicate, predicate_fields
 from streamkit.processor import Processor, as_processor
 from streamkit.runtime import Pipeline, Route
 from streamkit.sink import Sink
+from streamkit.sink_views import sink_reads
 from streamkit.source import Source
 
 
@@ -83,7 +84,9 @@ def build_route(section: dict[str, Any], index: int, env: PluginEnv) -> Route:
     name = str(section.get("name") or f"{section['type']}-{index}")
     predicate = None
     if section.get("when") is not None:
-        predicate = batch_predicate(compile_values_predicate(section["when"], f"{where}.when", env.resolve))
+        when = section["when"]
+        compiled = compile_values_predicate(when, f"{where}.when", env.resolve)
+        predicate = batch_predicate(compiled, predicate_fields(when))
     return Route(name, sink, predicate)
 
 
@@ -111,7 +114,9 @@ def build_outputs(
         dead_letters.pipeline = config.name
     for route in routes:
         route.sink.bind(route.name, dead_letters, metrics)
-    return Chain(processors, fail_fast=config.runtime.fail_fast), routes, dead_letters
+    # Built after the routes: the planner decodes what their when: and templates read in its fused pass.
+    chain = Chain(processors, fail_fast=config.runtime.fail_fast, sinks=sink_reads(routes))
+    return chain, routes, dead_letters
 
 
 def _build(config: PipelineConfig, metrics: Metrics | None) -> Pipeline:

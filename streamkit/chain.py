@@ -14,6 +14,7 @@ from streamkit.batch import RecordBatch
 from streamkit.planner import Step
 from streamkit.planner import plan as plan_chain
 from streamkit.processor import Failure, ProcessContext, Processor, stage_name
+from streamkit.sink_views import SinkReads
 
 __all__ = ["SLICE_RECORDS", "Chain"]
 
@@ -28,10 +29,19 @@ class Chain:
     """Processors applied in order; each stage sees every batch the previous stage produced.
 
     ``processors`` is the chain as written; unless ``plan`` is false, runs of built-in stages after
-    ``json.decode`` execute as fused steps (:mod:`streamkit.planner`) with the same results.
+    ``json.decode`` execute as fused steps (:mod:`streamkit.planner`) with the same results. ``sinks``
+    (:func:`streamkit.sink_views.sink_reads`) says which fields the sinks read, for the last fused step to
+    decode them too.
     """
 
-    def __init__(self, processors: Sequence[Processor], *, fail_fast: bool = False, plan: bool = True) -> None:
+    def __init__(
+        self,
+        processors: Sequence[Processor],
+        *,
+        fail_fast: bool = False,
+        plan: bool = True,
+        sinks: SinkReads | None = None,
+    ) -> None:
         self.processors = list(processors)
         self.fail_fast = fail_fast
         self.stages = self.processors
@@ -39,7 +49,7 @@ class Chain:
         self.steps: list[Step] = []
         """The physical plan, explained (``streamkit plan``)."""
         if plan:
-            self.stages, self.steps = plan_chain(self.processors)
+            self.stages, self.steps = plan_chain(self.processors, sinks)
         self._names = [stage_name(p) for p in self.stages]
         self._async = [_returns_awaitable(p) for p in self.stages]
 

@@ -30,6 +30,7 @@ from streamkit.errors import ProcessingError
 from streamkit.metrics import Metrics
 from streamkit.processor import Failure
 from streamkit.sink import Sink
+from streamkit.sink_views import for_sink
 
 __all__ = ["Delivery", "Dispatch", "Route"]
 
@@ -77,10 +78,15 @@ class Dispatch:
         (payload bytes only for a sink that writes bytes: decoded values are released here)."""
         deliveries: list[Delivery] = []
         for out in outputs:
-            for route in self.routes:
-                sub = out if route.predicate is None else out.select(route.predicate(out))
+            # Predicates read the views a fused step decoded for them, if it did (streamkit.sink_views);
+            # sinks get plain batches (the views as values only for a sink that reads just those fields).
+            masks = [None if route.predicate is None else route.predicate(out) for route in self.routes]
+            for route, mask in zip(self.routes, masks, strict=True):
+                sink = route.sink
+                given = for_sink(out, sink.value_fields if sink.keeps_values else None)
+                sub = given if mask is None else given.select(mask)
                 if len(sub):
-                    deliveries.append((route.sink, sub if route.sink.keeps_values else sub.encoded()))
+                    deliveries.append((sink, sub if sink.keeps_values else sub.encoded()))
         return deliveries
 
     async def deliver(self, ticket: AckTicket, deliveries: list[Delivery], failures: list[Failure]) -> None:

@@ -1,7 +1,7 @@
 """``streamkit plan`` (and ``validate --explain``): the physical plan of a pipeline, in words.
 
 Which processors the planner fused into one step, which fields that step decodes, where a plugin ends a
-fused run and what that costs, and which fields the sinks read.
+fused run and what that costs, which fields the sinks read and whether the fused pass decodes them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from typing import Any
 
 from streamkit.config import PipelineConfig
 from streamkit.predicates import predicate_fields
+from streamkit.processors.json_views import field_tree
 from streamkit.runtime import Pipeline
+from streamkit.sink_views import covers
 
 WHOLE_RECORD_COST = "whole records decoded (orjson: ~2.5 us per 1 KB record, ~2.5x the bytes in memory)"
 
@@ -23,6 +25,7 @@ def explain(config: PipelineConfig, pipeline: Pipeline) -> list[str]:
              f"{len(steps)} step(s)"]  # fmt: skip
     ends_mapped = False
     ends_on_demand = False
+    pushed = steps[-1].sink_fields if steps else None
     for number, step in enumerate(steps, 1):
         stages = " -> ".join(step.stages)
         if step.fused:
@@ -48,12 +51,17 @@ def explain(config: PipelineConfig, pipeline: Pipeline) -> list[str]:
             continue
         where = "the output of the last map (small records, decoded from its bytes on demand)" if ends_mapped else (
             f"{WHOLE_RECORD_COST}, on demand" if ends_on_demand else "the decoded records")  # fmt: skip
+        if pushed is not None and all(covers(field_tree(pushed), r) for r in reads):
+            where = f"views decoded in the fused pass (step {len(steps)}), never whole records"
+            if route.sink.keeps_values and route.sink.value_fields:
+                where += "; the sink gets those views as its values, beside the bytes as written"
         lines.append(f"  {route.name}: reads {', '.join(reads)}: from {where}")
     return lines
 
 
 def _sink_reads(section: dict[str, Any], sink: Any) -> list[str] | None:
-    """Field paths a sink's ``when:`` and partition template read (None: a callable predicate)."""
+    """Field paths a sink's ``when:``, partition template and declared ``value_fields`` read (None: a
+    callable predicate)."""
     reads: list[str] = []
     if section.get("when") is not None:
         fields = predicate_fields(section["when"])
@@ -61,5 +69,6 @@ def _sink_reads(section: dict[str, Any], sink: Any) -> list[str] | None:
             return None
         reads.extend(sorted(fields))
     partitioner = getattr(sink, "partitioner", None)
-    reads.extend(f for f in getattr(partitioner, "fields", ()) if f not in reads)
+    declared = sink.value_fields if sink.keeps_values and sink.value_fields else ()  # a Timestream mapping, ...
+    reads.extend(f for f in [*getattr(partitioner, "fields", ()), *declared] if f not in reads)
     return reads

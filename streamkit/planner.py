@@ -16,7 +16,10 @@ stay in order. What a run cannot know it does not fuse: a ``filter`` with a ``ca
 read any field), ``json.encode`` with ``sort_keys`` on whole records, and any plugin or callable, which
 ends the run (the stages after it keep their own passes). When no ``map`` in the run replaced the
 records, the output keeps the source bytes and decodes whole records only if something later reads
-them (a plugin, a sink's ``when:``, a Parquet writer): :meth:`RecordBatch.with_values_on_demand`.
+them (a plugin, a Parquet writer): :meth:`RecordBatch.with_values_on_demand`. If that run ends the chain,
+the fields the sinks read (``when:``, an S3 partition template, a Timestream mapping: ``sinks``) are
+decoded in the same pass and handed on beside the records (:mod:`streamkit.sink_views`). ``avro.decode``
+is not fused: measured, a projecting reader schema is slower than decoding whole records (``AVRO_NOT_FUSED``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from streamkit.processors.json_project import JsonProject, NotExact
 from streamkit.processors.json_views import FieldTree, JsonViewDecoder, field_tree, tree_paths
 from streamkit.processors.project import Map
 from streamkit.processors.timestamp import Timestamp
+from streamkit.sink_views import SinkReads, with_views
 
 
 @dataclass
@@ -48,13 +52,21 @@ class Step:
     """Field paths decoded (fused steps)."""
     notes: list[str] = field(default_factory=list)
     """Why the run ended here, and what that costs."""
+    sink_fields: list[str] | None = None
+    """Field paths decoded in this step for the sinks' ``when:`` and templates (the chain's last step)."""
 
 
 class FusedJson:
     """``json.decode`` and the built-in stages after it, run as one step over decoded views."""
 
     def __init__(
-        self, decode: JsonDecode, stages: Sequence[Processor], tree: FieldTree, fast: JsonProject | None = None
+        self,
+        decode: JsonDecode,
+        stages: Sequence[Processor],
+        tree: FieldTree,
+        fast: JsonProject | None = None,
+        *,
+        sink_views: bool = False,
     ) -> None:
         self.decode_name = stage_name(decode)
         self.stages = [(p, stage_name(p)) for p in stages]
@@ -64,6 +76,8 @@ class FusedJson:
         self.views_leave = not any(isinstance(p, Map) for p in stages)
         self.fast = fast
         """For filter* -> map -> json.encode?: json.project in exact mode, tried first on every batch."""
+        self.sink_views = sink_views and self.views_leave
+        """The tree holds the fields the sinks read too: the output carries the views for them."""
 
     def __call__(self, batch: RecordBatch, ctx: ProcessContext) -> ProcessorOutput:
         views = not batch.decoded  # json.decode passes decoded batches through unchanged
@@ -88,6 +102,8 @@ class FusedJson:
             assert isinstance(out, RecordBatch), f"{name} is a built-in that returns one batch"
             batch = out
         if views and self.views_leave:
+            if self.sink_views:
+                return with_views(batch, batch.values, self.decoder.tree)
             return batch.with_values_on_demand()
         return batch
 
@@ -123,8 +139,11 @@ def _reads(processor: Processor) -> list[str]:
     return []
 
 
-def plan(processors: Sequence[Processor]) -> tuple[list[Processor], list[Step]]:
-    """The physical stages for ``processors`` and a description of each (see the module docs)."""
+def plan(processors: Sequence[Processor], sinks: SinkReads | None = None) -> tuple[list[Processor], list[Step]]:
+    """The physical stages for ``processors`` and a description of each (see the module docs).
+
+    ``sinks``: what the sinks read of the chain's output. When the chain ends in a fused run that hands on
+    the source bytes (no ``map``), those fields are decoded in that run's pass too (:mod:`streamkit.sink_views`)."""
     physical: list[Processor] = []
     steps: list[Step] = []
     i = 0
@@ -132,7 +151,7 @@ def plan(processors: Sequence[Processor]) -> tuple[list[Processor], list[Step]]:
         head = processors[i]
         if type(head) is not JsonDecode:
             physical.append(head)
-            steps.append(Step([stage_name(head)], fused=False))
+            steps.append(Step([stage_name(head)], fused=False, notes=[AVRO_NOT_FUSED] if _is_avro_decode(head) else []))
             i += 1
             continue
         run: list[Processor] = []
@@ -157,10 +176,21 @@ def plan(processors: Sequence[Processor]) -> tuple[list[Processor], list[Step]]:
             )
             i += 1
             continue
-        tree = field_tree(paths)
-        fused = FusedJson(head, run, tree, _projection(run))
+        last = j == len(processors)
+        views_leave = not any(isinstance(p, Map) for p in run)
+        push = last and views_leave and sinks is not None and sinks.whole is None and bool(sinks.fields)
+        tree = field_tree([*paths, *(sinks.fields if push and sinks is not None else ())])
+        fused = FusedJson(head, run, tree, _projection(run), sink_views=push)
         physical.append(fused)
         step = Step([fused.decode_name, *(n for _, n in fused.stages)], fused=True, fields=tree_paths(tree))
+        if push and sinks is not None:
+            step.sink_fields = list(sinks.fields)
+            arrives = "" if i == 0 else " (when its input arrives as bytes; decoded input is read as it is)"
+            step.notes.append(
+                f"sinks read {', '.join(sinks.fields)}: decoded in this pass, not from whole records{arrives}"
+            )
+        elif last and views_leave and sinks is not None and sinks.whole is not None:
+            step.notes.append(f"sink fields not decoded here: {sinks.whole}")
         if fused.fast is not None:
             step.notes.append("projection: only the kept fields are built, and written straight back as JSON")
         if j < len(processors):
@@ -197,6 +227,20 @@ def _projection(run: Sequence[Processor]) -> JsonProject | None:
         wheres.append({"not": f.where} if f.drop else f.where)
     where = None if not wheres else wheres[0] if len(wheres) == 1 else {"all": wheres}
     return JsonProject(JsonProject.Options(fields=list(last.paths), where=where), _PROJECTION_ENV, exact=True)
+
+
+AVRO_NOT_FUSED = (
+    "avro.decode is not fused: fastavro cannot skip fields faster than it reads them (a reader schema naming "
+    "only the fields read measured 0.72-0.89x of whole records, benchmarks/avro_projection.py), and skipping "
+    "would accept invalid UTF-8 in unread strings that decoding whole records rejects; the stages after it run one "
+    "pass each over whole records"
+)
+
+
+def _is_avro_decode(processor: Processor) -> bool:
+    # By name, not isinstance: importing the Avro codec (fastavro) here would slow every start-up, Lambda's too.
+    kind = type(processor)
+    return kind.__name__ == "AvroDecode" and kind.__module__ == "streamkit.processors.avro_codec"
 
 
 def _next(processors: Sequence[Processor], j: int) -> str:

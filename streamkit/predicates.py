@@ -16,6 +16,7 @@ import numpy as np
 
 from streamkit.batch import BoolArray, RecordBatch
 from streamkit.errors import ConfigError
+from streamkit.sink_views import view_values
 
 ValuesPredicate = Callable[[list[Any]], list[bool]]
 
@@ -182,8 +183,21 @@ def predicate_fields(spec: Any) -> frozenset[str] | None:
     return frozenset(found)
 
 
-def batch_predicate(values_predicate: ValuesPredicate) -> Callable[[RecordBatch], BoolArray]:
-    def evaluate(batch: RecordBatch) -> BoolArray:
-        return np.fromiter(values_predicate(batch.values), dtype=np.bool_, count=len(batch))
+class BatchPredicate:
+    """A compiled predicate over a batch's records, and the fields it reads (None: user code, any field).
 
-    return evaluate
+    Over a fused step's output that decoded those fields (:class:`streamkit.sink_views.ViewedBatch`) it
+    reads the small views instead of decoding whole records."""
+
+    def __init__(self, values_predicate: ValuesPredicate, fields: frozenset[str] | None = None) -> None:
+        self.values_predicate = values_predicate
+        self.fields = fields
+
+    def __call__(self, batch: RecordBatch) -> BoolArray:
+        values = batch.values if self.fields is None else view_values(batch, self.fields)
+        return np.fromiter(self.values_predicate(values), dtype=np.bool_, count=len(batch))
+
+
+def batch_predicate(values_predicate: ValuesPredicate, fields: frozenset[str] | None = None) -> BatchPredicate:
+    """``values_predicate`` over batches; give ``fields`` (:func:`predicate_fields`) to let it read views."""
+    return BatchPredicate(values_predicate, fields)

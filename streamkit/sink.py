@@ -89,6 +89,11 @@ class Sink(ABC):
     keeps_values: bool = True
     """False for a sink that writes payload bytes only: the runtime then hands it batches without their
     decoded values (encoding them first if needed), so its buffers keep no dicts alive."""
+    value_fields: tuple[str, ...] | None = None
+    """For a sink that keeps values only to read a few fields of them (an S3 partition template over NDJSON
+    bytes): those dotted paths. The chain planner then decodes them in its fused pass, and the sink may get
+    values holding only these fields (beside the payload bytes as written) instead of whole records
+    (:mod:`streamkit.sink_views`). None: the sink reads whole records, if it keeps values at all."""
     dead_letters: FailureTarget | None = None
     metrics: Metrics | None = None
 

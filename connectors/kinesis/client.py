@@ -45,6 +45,9 @@ class KinesisClient:
         """``session``: an aiobotocore session to create the client from (e.g. one acting as an assumed role);
         default a new session on the standard credential chain."""
         self.aws = aws
+        self.session = session
+        """The session this client acts as (None: the standard chain's); a second client for the same
+        identity (enhanced fan-out's subscription client) is created from it."""
         self._aws = AwsClient(aws, "kinesis", options, session=session)
         self._aws.register("before-parse.kinesis.GetRecords", _keep_raw_body)
         self.client: Any = None

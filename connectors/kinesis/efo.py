@@ -1,6 +1,7 @@
 """Enhanced fan-out (``consumer: efo``): shards pushed over SubscribeToShard instead of polled.
 
-The source registers one stream consumer (:mod:`efo_consumer`) and every shard it holds a lease for is read
+The source registers one stream consumer per stream it reads (:mod:`efo_consumer`; each through the stream's
+own client, so another account's stream as its ``role_arn``) and every shard it holds a lease for is read
 by a :class:`FanOutShardReader`, a :class:`ShardReader` whose only difference is where responses come from:
 deaggregation, resume filtering, positions, batches, end of shard and leases are the polling code.
 
@@ -29,8 +30,9 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import aiohttp
@@ -41,10 +43,15 @@ from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 from streamkit.batch import Partition
 from streamkit.config import AwsSettings, PositiveSeconds
 from streamkit.connectors.aws_clients import KINESIS_TRANSIENT_CODES, ClientOptions, transient_reason
-from streamkit.connectors.kinesis.client import KinesisClient, stream_argument
+from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import ChildShard, DecodedRecords, decode_subscribe_event
-from streamkit.connectors.kinesis.efo_consumer import ConsumerRegistrationError, ensure_consumer
+from streamkit.connectors.kinesis.efo_consumer import (
+    CREATING_PER_ACCOUNT,
+    ConsumerRegistrationError,
+    ensure_consumer,
+)
 from streamkit.connectors.kinesis.reader import ReadPacer, ReadSettings, ShardReader, StartAt
+from streamkit.connectors.kinesis.streams import ConfiguredStream
 from streamkit.errors import ConfigError
 
 log = structlog.get_logger("streamkit.kinesis")
@@ -89,40 +96,94 @@ def _retry_reason(exc: BaseException) -> str | None:
     return transient_reason(exc, _RETRYABLE)
 
 
-class FanOut:
-    """The source's enhanced fan-out side: the registered consumer and the client its subscriptions use."""
+@dataclass(frozen=True, slots=True)
+class StreamConsumer:
+    """One stream's registered consumer, and the client its subscriptions are signed by."""
 
-    def __init__(self, client: KinesisClient, consumer_arn: str, options: FanOutOptions) -> None:
-        self.client = client
-        self.consumer_arn = consumer_arn
+    stream: ConfiguredStream
+    consumer_arn: str
+    client: KinesisClient
+    """The subscription client, acting as the same identity as the stream's own client (its ``role_arn``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GivenConsumer:
+    """A consumer named in the configuration (``streams[i].consumer_arn``), and the setting that named it."""
+
+    arn: str
+    setting: str
+
+
+class FanOut:
+    """The source's enhanced fan-out side: one registered consumer per stream, and the subscription clients.
+
+    Several streams (``source.streams``) get one consumer each, of the same name (a consumer belongs to one
+    stream; the KCL registers its application's name on every stream of a multi-stream application), each
+    registered through the stream's own client: another account's stream is registered and subscribed to as
+    its ``role_arn``.
+    """
+
+    def __init__(self, consumers: Sequence[StreamConsumer], options: FanOutOptions) -> None:
+        self.consumers = list(consumers)
         self.options = options
+        self._by_arn = {consumer.stream.arn: consumer for consumer in self.consumers}
 
     @classmethod
     async def start(
-        cls, stack: AsyncExitStack, aws: AwsSettings, control: KinesisClient, stream: str, options: FanOutOptions,
-        default_name: str,
+        cls, stack: AsyncExitStack, aws: AwsSettings, streams: Sequence[ConfiguredStream], options: FanOutOptions,
+        default_name: str, *, where: str = "source", given: Mapping[str, GivenConsumer] | None = None,
     ) -> FanOut:  # fmt: skip
-        """Register (or find) the consumer and open the subscription client; closed with ``stack``."""
-        summary = await control.client.describe_stream_summary(**stream_argument(stream))
-        stream_arn: str = summary["StreamDescriptionSummary"]["StreamARN"]
+        """Register (or find) every stream's consumer, concurrently, and open one subscription client per
+        identity; the clients are closed with ``stack``. Any stream failing fails start-up.
+
+        ``given``: by stream ARN, consumers registered beforehand, used instead of registering one."""
+        given = given or {}
         name = options.consumer_name or default_name
-        try:
-            consumer_arn = await ensure_consumer(control.client, stream_arn, name, timeout_s=options.register_timeout_s)
-        except ConsumerRegistrationError as exc:
-            raise ConfigError("source.efo.consumer_name", str(exc)) from None
-        subscriptions = ClientOptions(
+        subscription_options = ClientOptions(
             max_pool_connections=SUBSCRIPTION_CONNECTIONS, read_timeout_s=options.stall_timeout_s + 5
         )
-        # Its own client: a subscription holds a connection for minutes (the pool must not starve the control
-        # calls), and reads may pause up to stall_timeout_s, which the watchdog, not a read timeout, handles.
-        client = await stack.enter_async_context(KinesisClient(aws, subscriptions))
-        log.info("enhanced fan-out consumer ACTIVE", consumer=name, arn=consumer_arn)
-        return cls(client, consumer_arn, options)
+        # Its own client per identity: a subscription holds a connection for minutes (the pool must not starve
+        # the control calls), and reads may pause up to stall_timeout_s, which the watchdog, not a read timeout,
+        # handles. Streams read as the same identity (the same control client) share it.
+        clients: dict[int, KinesisClient] = {}
+        for stream in streams:
+            if id(stream.client) not in clients:
+                client = KinesisClient(aws, subscription_options, session=stream.client.session)
+                clients[id(stream.client)] = await stack.enter_async_context(client)
+
+        creating = {stream.account: asyncio.Semaphore(CREATING_PER_ACCOUNT) for stream in streams}
+
+        async def register(stream: ConfiguredStream) -> StreamConsumer:
+            own = given.get(stream.arn)
+            if own is not None and not own.arn.startswith(f"{stream.arn}/consumer/"):
+                raise ConfigError(own.setting, f"{own.arn} is not a consumer of {stream.arn}")
+            try:
+                async with creating[stream.account]:
+                    arn = await ensure_consumer(
+                        stream.client.client, stream.arn, name, timeout_s=options.register_timeout_s,
+                        consumer_arn=own.arn if own else None,
+                    )  # fmt: skip
+            except ConsumerRegistrationError as exc:
+                raise ConfigError(own.setting if own else f"{where}.efo.consumer_name", str(exc)) from None
+            log.info("enhanced fan-out consumer ACTIVE", consumer=name, arn=arn)
+            return StreamConsumer(stream, arn, clients[id(stream.client)])
+
+        try:
+            # Describes are limited per stream, so streams go concurrently: start-up waits for the slowest
+            # registration, not the sum; at most CREATING_PER_ACCOUNT registrations of one account at once.
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(register(stream)) for stream in streams]
+        except BaseExceptionGroup as failed:
+            raise failed.exceptions[0] from None  # the first stream that failed, with its own message
+        return cls([task.result() for task in tasks], options)
+
+    def consumer_of(self, stream: ConfiguredStream) -> StreamConsumer:
+        return self._by_arn[stream.arn]
 
     def reader(
         self,
         partition: Partition,
-        stream: str,
+        stream: ConfiguredStream,
         start: StartAt,
         settings: ReadSettings,
         *,
@@ -130,19 +191,22 @@ class FanOut:
         on_end: Callable[[list[ChildShard]], Awaitable[None]],
         on_lag: Callable[[int | None], None] | None = None,
         totals: Counter[str] | None = None,
+        shard_id: str | None = None,
     ) -> FanOutShardReader:
+        consumer = self.consumer_of(stream)
         return FanOutShardReader(
             partition,
-            self.client,
-            stream,
+            consumer.client,
+            stream.stream,
             start,
             settings,
-            consumer_arn=self.consumer_arn,
+            consumer_arn=consumer.consumer_arn,
             stall_timeout_s=self.options.stall_timeout_s,
             hash_range=hash_range,
             on_end=on_end,
             on_lag=on_lag,
             totals=totals,
+            shard_id=shard_id,
         )
 
 
@@ -163,10 +227,11 @@ class FanOutShardReader(ShardReader):
         on_end: Callable[[list[ChildShard]], Awaitable[None]],
         on_lag: Callable[[int | None], None] | None = None,
         totals: Counter[str] | None = None,
+        shard_id: str | None = None,
     ) -> None:
         super().__init__(
             partition, client, stream, start, settings, hash_range=hash_range, on_end=on_end, on_lag=on_lag,
-            totals=totals,
+            totals=totals, shard_id=shard_id,
         )  # fmt: skip
         self.consumer_arn = consumer_arn
         self.stall_timeout_s = stall_timeout_s

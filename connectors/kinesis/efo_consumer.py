@@ -30,6 +30,9 @@ _RACE_CODES = KINESIS_TRANSIENT_CODES | {"ResourceInUseException"}
 REGISTRATION_RETRY = RetryPolicy(max_attempts=0, base_delay_s=0.5, max_delay_s=5.0)
 # How often a CREATING consumer is described again (jittered), within the 20 calls/s per stream.
 ACTIVE_POLL_S = 1.0
+# At most 5 consumers of an account may be CREATING at once: a 6th registration is refused with
+# LimitExceededException. A worker registering several streams' consumers keeps to it by itself.
+CREATING_PER_ACCOUNT = 5
 
 
 class ConsumerRegistrationError(Exception):
@@ -49,15 +52,24 @@ async def ensure_consumer(
     timeout_s: float,
     retry: RetryPolicy = REGISTRATION_RETRY,
     poll_s: float = ACTIVE_POLL_S,
+    consumer_arn: str | None = None,
 ) -> str:
-    """The ARN of the ACTIVE consumer ``name`` of the stream, registering it if it does not exist."""
+    """The ARN of the ACTIVE consumer ``name`` of the stream, registering it if it does not exist.
+
+    ``consumer_arn``: a consumer registered by someone else (infrastructure code, as the KCL's per-stream
+    ``consumerArn``): it is only described until ACTIVE, never registered, and its absence is an error."""
     deadline = time.monotonic() + timeout_s
     attempt = 0
     last = "not described yet"
     while True:
         delay = poll_s * random.uniform(0.5, 1.5)
         try:
-            description = await _describe(client, stream_arn, name)
+            description = await _describe(client, stream_arn, name, consumer_arn)
+            if description is None and consumer_arn is not None:
+                raise ConsumerRegistrationError(
+                    f"consumer {consumer_arn} is not registered: register it, or leave consumer_arn out so that "
+                    f"the worker registers {name!r}"
+                )
             if description is None:
                 await client.register_stream_consumer(StreamARN=stream_arn, ConsumerName=name)
                 log.info("enhanced fan-out consumer registered", consumer=name, stream=stream_arn)
@@ -91,9 +103,12 @@ async def ensure_consumer(
         await asyncio.sleep(delay)
 
 
-async def _describe(client: Any, stream_arn: str, name: str) -> dict[str, Any] | None:
+async def _describe(client: Any, stream_arn: str, name: str, consumer_arn: str | None) -> dict[str, Any] | None:
+    by: dict[str, str] = (
+        {"ConsumerARN": consumer_arn} if consumer_arn else {"StreamARN": stream_arn, "ConsumerName": name}
+    )
     try:
-        response = await client.describe_stream_consumer(StreamARN=stream_arn, ConsumerName=name)
+        response = await client.describe_stream_consumer(**by)
     except ClientError as exc:
         if _code(exc) == "ResourceNotFoundException":
             return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 from collections import Counter
 from contextlib import AsyncExitStack
 from typing import Annotated, Any, Literal
@@ -37,7 +38,7 @@ from streamkit.connectors.dynamodb import (
 )
 from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.decode import ChildShard
-from streamkit.connectors.kinesis.efo import FanOut, FanOutOptions
+from streamkit.connectors.kinesis.efo import FanOut, FanOutOptions, GivenConsumer
 from streamkit.connectors.kinesis.positions import KinesisPosition, checkpoint_for, parse_checkpoint
 from streamkit.connectors.kinesis.reader import ReadSettings, ShardReader, StartAt
 from streamkit.connectors.kinesis.streams import ConfiguredStream, StreamOptions, describe_stream, stream_name_of
@@ -94,6 +95,12 @@ class KinesisSourceOptions(msgspec.Struct, forbid_unknown_fields=True):
     efo: FanOutOptions = msgspec.field(default_factory=FanOutOptions)
 
 
+# What DescribeStreamConsumer accepts as a ConsumerARN (the API reference's pattern, anchored).
+_CONSUMER_ARN = re.compile(
+    r"^arn:aws[a-z-]*:kinesis:[a-z0-9-]+:\d{12}:stream/[a-zA-Z0-9_.-]+/consumer/[a-zA-Z0-9_.-]+:\d+$"
+)
+
+
 def _stream_options(options: KinesisSourceOptions, where: str) -> list[StreamOptions]:
     """The configured streams; exactly one of ``stream`` and ``streams``."""
     if options.streams is not None:
@@ -110,6 +117,15 @@ def _stream_options(options: KinesisSourceOptions, where: str) -> list[StreamOpt
             if entry.stream in seen:
                 raise ConfigError(f"{where}.streams[{index}].stream", f"{entry.stream!r} is listed twice")
             seen.add(entry.stream)
+            if entry.consumer_arn is not None:
+                key = f"{where}.streams[{index}].consumer_arn"
+                if options.consumer != "efo":
+                    raise ConfigError(key, "only used with consumer: efo")
+                if not _CONSUMER_ARN.match(entry.consumer_arn):
+                    raise ConfigError(
+                        key,
+                        "expected a consumer ARN (arn:aws:kinesis:REGION:ACCOUNT:stream/NAME/consumer/NAME:EPOCH)",
+                    )
         return list(options.streams)
     if not options.stream:
         raise ConfigError(f"{where}.stream", "required (or streams: a list of several)")
@@ -118,11 +134,6 @@ def _stream_options(options: KinesisSourceOptions, where: str) -> list[StreamOpt
 
 def _validate(options: KinesisSourceOptions, where: str) -> None:
     _stream_options(options, where)
-    if options.consumer == "efo" and options.streams is not None:
-        # The fan-out consumer is registered on one stream, with the worker's own credentials.
-        raise ConfigError(f"{where}.consumer", "efo reads one stream: use stream: (not streams:) with consumer: efo")
-    if options.consumer == "efo" and options.role_arn is not None:
-        raise ConfigError(f"{where}.role_arn", "not supported with consumer: efo yet (polling only)")
     if options.initial_position == "AT_TIMESTAMP" and not options.initial_timestamp:
         raise ConfigError(f"{where}.initial_timestamp", "required with initial_position AT_TIMESTAMP")
     if options.initial_timestamp:
@@ -232,9 +243,15 @@ class KinesisSource(Source):
         self.kinesis = self.streams[0].client
         if self.options.consumer == "efo":
             try:
+                given = {
+                    stream.arn: GivenConsumer(entry.consumer_arn, f"{self.where}.streams[{index}].consumer_arn")
+                    for index, (entry, stream) in enumerate(zip(self.stream_options, self.streams, strict=True))
+                    if entry.consumer_arn is not None
+                }
                 self.fan_out = await FanOut.start(
-                    self._stack, self.aws, self.kinesis, self.streams[0].stream, self.options.efo, self.table_name
-                )
+                    self._stack, self.aws, self.streams, self.options.efo, self.table_name, where=self.where,
+                    given=given,
+                )  # fmt: skip
             except BaseException:
                 await self._stack.aclose()
                 raise
@@ -320,6 +337,16 @@ class KinesisSource(Source):
     def _stream_of(self, lease_key: str) -> ConfiguredStream | None:
         return next((stream for stream in self.streams if stream.owns(lease_key)), None)
 
+    def _partition(self, lease_key: str) -> Partition:
+        """The runtime's partition of a lease: ``kinesis:<stream name>`` and the lease key.
+
+        With several streams the source is the shard's own stream, not this source's name (``kinesis:a,b``):
+        what sinks derive from it (the S3 key's ``{stream}``, the Iceberg ledger, dead-letter entries) names
+        the stream the records came from, and stays the same when another stream is added to or removed from
+        the list, so a replay after such a change writes the same S3 keys."""
+        stream = self._stream_of(lease_key) if self.multi_stream else None
+        return Partition(f"kinesis:{stream.name}" if stream is not None else self.name, lease_key)
+
     async def run(self, host: PartitionHost, stop: asyncio.Event) -> None:
         assert self.coordinator is not None
         self._host = host
@@ -361,7 +388,7 @@ class KinesisSource(Source):
         assert self.coordinator is not None
         while True:
             event = await self.coordinator.events.get()
-            partition = Partition(self.name, event.lease.lease_key)
+            partition = self._partition(event.lease.lease_key)
             if event.kind == "acquired":
                 if stop.is_set():
                     # The runtime is draining: a reader started now would never be stopped (and its records
@@ -395,7 +422,7 @@ class KinesisSource(Source):
         """Called by the coordinator before a lease moves to another worker: drain and checkpoint first."""
         self._handed_off.add(lease_key)
         if self._host is not None:
-            await self._host.revoke(Partition(self.name, lease_key), graceful=True)
+            await self._host.revoke(self._partition(lease_key), graceful=True)
         self._readers.pop(lease_key, None)
 
     def _reader_for(self, lease: Lease) -> ShardReader | None:
@@ -410,17 +437,19 @@ class KinesisSource(Source):
         hash_range = None
         if lease.starting_hash_key is not None and lease.ending_hash_key is not None:
             hash_range = (int(lease.starting_hash_key), int(lease.ending_hash_key))
-        partition = Partition(self.name, lease.lease_key)
+        partition = self._partition(lease.lease_key)
+        shard_id = stream.shard_id(lease.lease_key) if stream.lease_key_prefix else None
         if self.fan_out is not None:
             return self.fan_out.reader(
                 partition,
-                stream.stream,
+                stream,
                 start,
                 self.settings,
                 hash_range=hash_range,
                 on_end=lambda children: self._shard_ended(lease.lease_key, children),
                 on_lag=lambda ms: self._lag(partition, ms),
                 totals=self.read_counts,
+                shard_id=shard_id,
             )
         return ShardReader(
             partition,
@@ -432,7 +461,7 @@ class KinesisSource(Source):
             on_end=lambda children: self._shard_ended(lease.lease_key, children),
             on_lag=lambda ms: self._lag(partition, ms),
             totals=self.read_counts,
-            shard_id=stream.shard_id(lease.lease_key) if stream.lease_key_prefix else None,
+            shard_id=shard_id,
         )
 
     def _start_at(self, checkpoint: str, sub_sequence: int) -> StartAt:

@@ -29,6 +29,9 @@ class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
     role in the stream's account that trusts this worker's role."""
     external_id: str | None = None
     """The role's ExternalId, if its trust policy requires one."""
+    consumer_arn: str | None = None
+    """``consumer: efo`` only: subscribe with this consumer of the stream, registered beforehand (e.g. by
+    infrastructure code; the KCL's per-stream ``consumerArn``) instead of registering ``efo.consumer_name``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,6 +103,9 @@ class S3Sink(Sink):
         # NDJSON objects are written from payload bytes; values are read only by a partition template's
         # fields and by the Avro and Parquet writers. Otherwise the runtime releases them before submit.
         self.keeps_values = options.format != "ndjson" or bool(self.partitioner.fields)
+        if options.format == "ndjson" and self.partitioner.fields:
+            # The template is all that reads values: the planner may hand it views of just these fields.
+            self.value_fields = tuple(self.partitioner.fields)
         self._new_writer, sample = writer_factory(options, env, where)
         self.extension = sample.extension
         self.content_type = sample.content_type

@@ -170,6 +170,9 @@ class RecordMapping:
         self._dims = [(d.name, field_getter(d.field or d.name), _utf8(d.name)) for d in dims]
         self._measures = [(m, field_getter(m.field or m.name), _utf8(m.name)) for m in specs]
         self._time_get = field_getter(time.field) if time.field else None
+        paths = [*([time.field] if time.field else []), *(d.field or d.name for d in dims)]
+        self.fields = tuple(dict.fromkeys([*paths, *(m.field or m.name for m in specs)]))
+        """Every field path the mapping reads of a record (and nothing else of it): the sink's value_fields."""
         # The time, plus the record's measure name (a single measure's name is counted with its value).
         self._base_size = 8 + (_utf8(self.measure_name) if self.multi else 0)
 

@@ -85,6 +85,9 @@ class TimestreamSink(BufferedSink):
             version=options.version,
             where=self.where,
         )
+        # The mapping reads these fields and nothing else of a record: the chain planner may decode just them
+        # in its fused pass and hand them over as the values (streamkit.sink_views).
+        self.value_fields = self.mapping.fields
         self.retry = options.retry
         self.aws = AwsClient(env.aws, SERVICE, options.client)
         self.requests = 0

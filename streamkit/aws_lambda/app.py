@@ -32,6 +32,7 @@ from streamkit.emf import EmfReporter
 from streamkit.processor import Failure
 from streamkit.runtime import Pipeline, tune_gc
 from streamkit.sink import BufferOptions, Sink
+from streamkit.sink_views import sink_reads
 
 log = structlog.get_logger("streamkit.aws_lambda")
 
@@ -47,7 +48,7 @@ class LambdaApp:
         self.on_record_error = resolve_record_errors(self.options, pipeline)
         # fail_fast is honoured as on_record_error=retry; the chain itself must report failed records
         # one by one, so the handler knows which record to name in the response.
-        self.chain = Chain(pipeline.chain.processors, fail_fast=False)
+        self.chain = Chain(pipeline.chain.processors, fail_fast=False, sinks=sink_reads(pipeline.routes))
         self.dispatch = Dispatch(self.chain, pipeline.routes, pipeline.dead_letters, pipeline.metrics)
         self.sinks: list[Sink] = self.dispatch.sinks
         self.held = _HeldRejections() if self.options.on_sink_reject == "retry" else None

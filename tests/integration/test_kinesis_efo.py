@@ -180,7 +180,7 @@ async def test_efo_resubscribes_after_the_subscription_ends_is_cut_or_refused(
     assert fan_out is not None
     # The next two subscribe calls are refused as the service refuses a subscription still open.
     refusals = FaultHook("ResourceInUseException", times=0)
-    fan_out.client.client.meta.events.register("before-call.kinesis.SubscribeToShard", refusals)
+    fan_out.consumers[0].client.client.meta.events.register("before-call.kinesis.SubscribeToShard", refusals)
 
     put_json(client, "ends", keyed(0, 100), key="key")
     await running.until(lambda: len(OrderLog.log) >= 100)

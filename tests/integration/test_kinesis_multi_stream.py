@@ -207,12 +207,12 @@ async def test_bad_stream_settings_fail_at_start_up_naming_the_key(kinesalite: A
         await pipeline(endpoint, moto, {"streams": [{"stream": "orders", "role_arn": "reader"}]}).source.start(None)
     with pytest.raises(ConfigError, match=r"source\.streams\[1\]\.stream.*twice"):
         pipeline(endpoint, moto, {"streams": [{"stream": "orders"}, {"stream": "orders"}]})
-    with pytest.raises(ConfigError, match=r"source\.consumer"):
-        pipeline(endpoint, moto, {"streams": [{"stream": "orders"}], "consumer": "efo"})
-    with pytest.raises(ConfigError, match=r"source\.role_arn"):
-        pipeline(endpoint, moto, {"stream": "orders", "role_arn": ROLE, "consumer": "efo"})
     with pytest.raises(ConfigError, match=r"source\.streams"):
         pipeline(endpoint, moto, {"stream": "orders", "streams": [{"stream": "orders"}]})
+    # Enhanced fan-out reads several streams and assumed roles too (test_kinesis_efo_multi_stream.py).
+    for efo in ({"streams": [{"stream": "orders"}]}, {"stream": "orders", "role_arn": ROLE}):
+        source = pipeline(endpoint, moto, {**efo, "consumer": "efo"}).source
+        assert isinstance(source, KinesisSource) and source.options.consumer == "efo"
     # A single-stream table cannot be read with multi-stream keys (each shard would get a second lease).
     await run_until(pipeline(endpoint, moto, {"stream": "orders"}), lambda: True)
     with pytest.raises(ConfigError, match=r"source\.lease_table.*single-stream"):

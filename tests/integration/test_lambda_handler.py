@@ -208,6 +208,22 @@ def test_kinesis_event_runs_through_the_pipeline_file_into_every_routed_sink(
     assert ids(MemorySink.instances["small"].payloads()) == [0, 1, 2, 3, 4]
 
 
+def test_a_when_sink_reads_fields_decoded_in_the_fused_pass(apps: list[LambdaApp], tmp_path: Path) -> None:
+    app = handler_for(
+        apps,
+        tmp_path,
+        processors=[{"type": "json.decode"}, {"type": "filter", "where": {"field": "status", "not_equals": "err"}}],
+        sinks=[
+            {"type": "memory", "name": "all"},
+            {"type": "memory", "name": "small", "when": {"field": "id", "lt": 5}},
+        ],
+    )
+    assert app.chain.steps[-1].sink_fields == ["id"]
+    assert app(kinesis_event([js(i) for i in range(20)]), Context()) == {"batchItemFailures": []}
+    assert ids(MemorySink.instances["all"].payloads()) == [i for i in range(20) if i % 10 != 9]
+    assert ids(MemorySink.instances["small"].payloads()) == [0, 1, 2, 3, 4]
+
+
 def test_kpl_aggregated_records_are_deaggregated_in_order(apps: list[LambdaApp], tmp_path: Path) -> None:
     app = handler_for(apps, tmp_path)
     blobs = [aggregate([(f"k{j}", js(i * 10 + j)) for j in range(4)]) for i in range(3)]

@@ -280,6 +280,8 @@ async def test_pipeline_writes_mapped_records_and_checkpoints_after_acknowledgem
     pipeline = build_pipeline(parse_config(config))
     sink = pipeline.routes[0].sink
     assert isinstance(sink, TimestreamSink)
+    # The mapping's fields are decoded in the fused pass and the sink maps those views, never whole records.
+    assert pipeline.chain.steps[-1].sink_fields == ["event", "user.country", "id", "seq", "amount", "status"]
     async with TimestreamFaults(moto_server.endpoint_url) as faults:
         faults.gate = asyncio.Event()
         faults.call_errors = [(400, "ThrottlingException")]

@@ -148,3 +148,13 @@ def test_a_file_that_is_not_an_avro_schema_is_a_config_error(tmp_path: Path) -> 
     (tmp_path / "bad.avsc").write_text('{"type": "no-such-type"}')
     with pytest.raises(ConfigError, match=r"processors\[0\]\.schemas\.1: .*bad\.avsc is not a valid Avro schema"):
         AvroDecode(AvroDecodeOptions(schemas={"1": "bad.avsc"}), env(tmp_path))
+
+
+async def test_a_truncated_record_fails_with_the_same_reason_every_time(tmp_path: Path) -> None:
+    """fastavro names the BytesIO it read from (with its address): the reason must not, or the same record
+    gets a new reason on every run and no two records share one."""
+    schema = {"type": "record", "name": "Price", "fields": [{"name": "amount", "type": "double"}]}
+    decoder = AvroDecode(AvroDecodeOptions(schemas={"3": schema_file(tmp_path, schema)}), env(tmp_path))
+    truncated = b"\x00" + (3).to_bytes(4, "big") + body({"amount": 1.5}, schema)[:3]
+    _, failures = await run(decoder, [truncated, truncated])
+    assert failures == [("cannot decode with schema id 3: EOFError: cannot read double from the record", [0, 1])]

@@ -12,8 +12,8 @@ only: the enhanced fan-out reader itself knows nothing of it and talks to AWS as
 It also injects the subscription faults the tests need, on the subscriptions open at the time of the call:
 :meth:`end_subscriptions` ends them cleanly (what the service does after 5 minutes),
 :meth:`cut_subscriptions` drops their connections, :meth:`hang_subscriptions` stops forwarding their events
-while keeping the connections open (a stalled stream). :attr:`requests` records the operations called and
-:attr:`subscriptions` each SubscribeToShard's shard and StartingPosition.
+while keeping the connections open (a stalled stream; optionally one stream's only). :attr:`requests` records
+the operations called and :attr:`subscriptions` each SubscribeToShard's shard, StartingPosition and consumer.
 
 It runs its own event loop in a thread, so a test's loop or a benchmark never slows it down.
 """
@@ -93,6 +93,17 @@ class SubscribeCall:
     starting_position: dict[str, Any]
     at: float
     """time.monotonic() when the proxy received the call."""
+    consumer_arn: str = ""
+    """The ConsumerARN subscribed with (``<stream ARN>/consumer/<name>:<epoch>``)."""
+
+    @property
+    def stream(self) -> str:
+        """The name of the consumer's stream."""
+        return _stream_of_consumer(self.consumer_arn)
+
+
+def _stream_of_consumer(consumer_arn: str) -> str:
+    return consumer_arn.split(":stream/", 1)[1].split("/", 1)[0]
 
 
 @dataclass
@@ -153,20 +164,22 @@ class EventStreamProxy:
         """Drop the connection of every open subscription at once."""
         return self._on_open(lambda s: s.transport.abort())
 
-    def hang_subscriptions(self) -> int:
-        """Stop forwarding the events of every open subscription, keeping its connection open."""
-        return self._on_open(lambda s: setattr(s, "hung", True))
+    def hang_subscriptions(self, stream: str | None = None) -> int:
+        """Stop forwarding the events of every open subscription (of ``stream`` only, when given), keeping its
+        connection open."""
+        return self._on_open(lambda s: setattr(s, "hung", True), stream)
 
     def open_subscriptions(self) -> int:
         return self._on_open(lambda s: None)
 
-    def _on_open(self, action: Callable[[_Subscription], None]) -> int:
+    def _on_open(self, action: Callable[[_Subscription], None], stream: str | None = None) -> int:
         assert self._loop is not None
 
         async def apply() -> int:
-            for sub in list(self._open):
+            chosen = [sub for sub in self._open if stream is None or sub.stream == stream]
+            for sub in chosen:
                 action(sub)
-            return len(self._open)
+            return len(chosen)
 
         return asyncio.run_coroutine_threadsafe(apply(), self._loop).result(5)
 
@@ -207,12 +220,12 @@ class EventStreamProxy:
         call: dict[str, Any] = json.loads(body) if operation == "SubscribeToShard" else {}
         if call:
             position = call.get("StartingPosition", {})
-            self.subscriptions.append(SubscribeCall(call["ShardId"], position, time.monotonic()))
+            self.subscriptions.append(SubscribeCall(call["ShardId"], position, time.monotonic(), call["ConsumerARN"]))
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         upstream = await session.request(request.method, self.upstream + request.path_qs, data=body, headers=headers)
         try:
             if operation == "SubscribeToShard" and upstream.status == 200:
-                stream_name = call["ConsumerARN"].split(":stream/", 1)[1].split("/", 1)[0]
+                stream_name = _stream_of_consumer(call["ConsumerARN"])
                 return await self._stream(request, upstream, _Subscription(call["ShardId"], stream_name, session))
             data = await upstream.read()
             out = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_BY_HOP}
