@@ -46,7 +46,7 @@ from streamkit.errors import ConfigError, SinkError
 from streamkit.plugin_env import PluginEnv
 from streamkit.runtime import Pipeline, Route, RunSummary, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
-from tests.helpers import modelled_response, wait_for
+from tests.helpers import injected_error, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -175,7 +175,7 @@ class Faults:
         if not self.first < self.calls <= self.first + self.count:
             return None  # the real call goes to moto
         self.injected += 1
-        return modelled_response(self.status, {"Error": {"Code": self.code, "Message": f"injected {self.code}"}})
+        return injected_error(self.status, self.code)
 
 
 def records(n: int, pad: int = 80) -> list[bytes]:
