@@ -474,6 +474,14 @@ def snapshot_count(tmp_path: Path, moto: MotoServer) -> int:
         return 0  # not created yet
 
 
+def wait_for_snapshots(
+    worker: subprocess.Popen[bytes], tmp_path: Path, moto: MotoServer, n: int, deadline: float
+) -> None:
+    """Until the table has ``n`` snapshots (or the deadline passes, or the worker exits: the caller asserts)."""
+    while snapshot_count(tmp_path, moto) < n and time.monotonic() < deadline and worker.poll() is None:
+        time.sleep(0.05)
+
+
 def kill(worker: subprocess.Popen[bytes], tmp_path: Path) -> None:
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=10)
@@ -503,9 +511,7 @@ def test_sigkill_between_commit_and_checkpoint_replays_nothing_twice(
     config = crash_config(moto_server, tmp_path, count)
     worker = start_worker(config, tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while snapshot_count(tmp_path, moto_server) < 2 and time.monotonic() < deadline and worker.poll() is None:
-            time.sleep(0.05)
+        wait_for_snapshots(worker, tmp_path, moto_server, 2, time.monotonic() + 60)
     finally:
         kill(worker, tmp_path)
     table = table_of(moto_server, tmp_path)
@@ -526,8 +532,7 @@ def test_sigkill_between_data_files_and_commit_leaves_nothing_visible_and_replay
     lock: sqlite3.Connection | None = None
     try:
         deadline = time.monotonic() + 60
-        while snapshot_count(tmp_path, moto_server) < 1 and time.monotonic() < deadline and worker.poll() is None:
-            time.sleep(0.05)
+        wait_for_snapshots(worker, tmp_path, moto_server, 1, deadline)
         committed = table_of(moto_server, tmp_path)
         files_before = len([k for k in s3_keys(moto_server, "wh/") if k.endswith(".parquet")])
         # Hold the catalog's write lock: the worker's next commit writes its files, then waits on sqlite.
