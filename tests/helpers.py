@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import gzip
-from collections.abc import AsyncIterator, Sequence
+import tracemalloc
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -88,6 +90,18 @@ class ForwardingFaults:
         """Wait at the gate (if one is set)."""
         if self.gate is not None:
             await self.gate.wait()
+
+
+def traced(build: Callable[[], Any]) -> tuple[Any, int]:
+    """What ``build()`` returns and the memory it still holds (tracemalloc)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        result = build()
+        return result, tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
 
 
 def written_ids(directory: Path) -> list[str]:
