@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -c "import streamkit, confluent_kafka, pyarrow, pyiceberg, moto, pytest"
 	touch $@
 
-# kinesalite and kinesis-local (Kinesis stand-ins) come from the npm registry, pinned by package-lock.json.
+# kinesalite and kinesis-local (Kinesis stand-ins) and dynalite (a DynamoDB stand-in) come from the npm registry, pinned by package-lock.json.
 node_modules/.streamkit-installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@

@@ -8,6 +8,7 @@ function-scoped fixtures hand out the same server after emptying it, so every te
     moto_server    MotoServer, reset (POST /moto-api/reset) before each test
     kinesalite     Kinesalite, every stream deleted before each test
     kinesis_local  KinesisLocal, every stream deleted before each test
+    dynalite       Dynalite (DynamoDB), shared by the session: use unique table names
     tansu          TansuBroker, shared by the session: use unique topic and group names
     aws_env        dummy credentials and region; no real profile, credential source or endpoint leaks in
     dynamodb_client  an aiobotocore DynamoDB client on moto_server
@@ -27,7 +28,7 @@ import pytest
 from aiobotocore.session import get_session
 
 from streamkit.connectors.dynamodb import LeaseTable
-from streamkit.devtools.localstack import Kinesalite, KinesisLocal, MotoServer, TansuBroker
+from streamkit.devtools.localstack import Dynalite, Kinesalite, KinesisLocal, MotoServer, TansuBroker
 from streamkit.retry import RetryPolicy
 
 AWS_REGION = "us-east-1"
@@ -83,6 +84,18 @@ def kinesis_local_session() -> Iterator[KinesisLocal]:
 def kinesis_local(kinesis_local_session: KinesisLocal) -> KinesisLocal:
     kinesis_local_session.reset()
     return kinesis_local_session
+
+
+@pytest.fixture(scope="session")
+def dynalite_session() -> Iterator[Dynalite]:
+    with Dynalite.start() as server:
+        yield server
+
+
+@pytest.fixture
+def dynalite(dynalite_session: Dynalite) -> Dynalite:
+    # No reset: tests create tables with unique names (a table costs nothing and dynalite keeps them in memory).
+    return dynalite_session
 
 
 @pytest.fixture(scope="session")

@@ -350,7 +350,8 @@ class LeaseCoordinator:
                 None: every lease of the table is ours.
             finished_lease_retention: delete a finished (SHARD_END) lease this many seconds after every child
                 lease has started (the KCL's lease clean-up); None keeps finished leases forever.
-            max_concurrent_writes: bound on parallel DynamoDB writes of one pass.
+            max_concurrent_writes: bound on parallel DynamoDB writes of one pass; renewals have a bound of
+                their own of the same size, so takes never delay them.
             rng: randomness for jitter and for the order free leases are taken in.
         """
         if failover_time <= 0:
@@ -384,6 +385,10 @@ class LeaseCoordinator:
         """Finished leases this worker deleted (the clean-up)."""
         self._rng = rng or random.Random()
         self._write_slots = asyncio.Semaphore(max_concurrent_writes)
+        # Renewals get slots of their own (as the KCL's LeaseRenewer has its own threads): a taker pass with
+        # hundreds of takes, as when a fleet starts on an unowned table, must not queue the renewals of leases
+        # already held behind them, or they come late, expire, and are taken again (churn).
+        self._renew_slots = asyncio.Semaphore(max_concurrent_writes)
         self._tracker = ExpiryTracker(failover_time)
         self._held: dict[str, _Held] = {}
         self._taking: set[str] = set()
@@ -400,6 +405,8 @@ class LeaseCoordinator:
         self._taking_paused = False
         self._lost_races = False  # a take or steal of the current pass failed its condition
         self._quick_pass = False  # the current pass was scheduled early because of a lost race
+        self._replan_soon = False  # the current pass took only a first step on a cold table
+        self._cold_step = max_concurrent_writes
 
     # --- public API ----------------------------------------------------------------------------------------
 
@@ -570,11 +577,12 @@ class LeaseCoordinator:
             if (changed := self._tracker.last_change(lease.lease_key)) is not None
             if changed < self._last_scan_at and changed + self._failover_time > now
         ]
-        quick, self._quick_pass = self._lost_races and not self._quick_pass, False
-        self._lost_races = False
+        quick = (self._lost_races or self._replan_soon) and not self._quick_pass
+        self._quick_pass = self._lost_races = self._replan_soon = False
         if quick:
             # A take or steal of the last pass lost a race: peers are moving leases right now, and the plan
-            # was computed on a table that is already stale. Re-plan soon (random, so the racers spread out)
+            # was computed on a table that is already stale (or the pass took only a first step on a cold
+            # table, see _taker_pass). Re-plan soon (random, so the racers spread out)
             # instead of a whole interval later: the winners' writes are visible to the next scan. This is
             # what makes a fleet that starts (or grows) at once converge in seconds rather than in one taker
             # interval per lost race. Never twice in a row: when the table is slow to answer, more races
@@ -597,7 +605,7 @@ class LeaseCoordinator:
     # --- renewing ------------------------------------------------------------------------------------------
 
     async def _renew_all(self) -> None:
-        await self._bounded([functools.partial(self._renew, key) for key in list(self._held)])
+        await self._bounded([functools.partial(self._renew, key) for key in list(self._held)], self._renew_slots)
 
     async def _renew(self, lease_key: str) -> None:
         held = self._held.get(lease_key)
@@ -670,9 +678,17 @@ class LeaseCoordinator:
                 workers=plan.active_workers,
             )
         budget = _TakeBudget(plan, self._max_leases)
+        take = plan.take
+        if len(take) > self._cold_step and not any(lease.actual_owner for lease in leases if not lease.is_finished):
+            # A cold table (nobody owns anything): a whole fleet may be starting at this very moment, each
+            # worker seeing itself alone and planning to take every lease. Take one round of parallel writes
+            # only, then re-plan soon: the next scan shows who else took leases meanwhile, so every worker
+            # aims at its real share instead of racing the whole fleet for all of them (most of those
+            # conditional writes would fail). A worker that is really alone loses one quick pass.
+            take = take[: self._cold_step]
+            self._replan_soon = True
         actions = [
-            functools.partial(self._take, self._view[key], budget=None if key in reclaims else budget)
-            for key in plan.take
+            functools.partial(self._take, self._view[key], budget=None if key in reclaims else budget) for key in take
         ]
         actions += [functools.partial(self._steal, self._view[key]) for key in plan.steal]
         actions += [functools.partial(self._delete_finished, lease) for lease in self._finished_to_delete(leases, now)]
@@ -772,7 +788,8 @@ class LeaseCoordinator:
     async def _poll_incoming(self) -> None:
         """Check hand-offs we asked for at every renewal tick, so a completed one is picked up within
         renew_interval rather than at the next taker pass."""
-        await self._bounded([functools.partial(self._check_incoming, key) for key in list(self._incoming)])
+        polls = [functools.partial(self._check_incoming, key) for key in list(self._incoming)]
+        await self._bounded(polls, self._renew_slots)  # part of the renewal loop: must not wait behind takes
 
     async def _check_incoming(self, lease_key: str) -> None:
         asked = self._incoming.get(lease_key)
@@ -926,13 +943,17 @@ class LeaseCoordinator:
             raise RuntimeError("LeaseCoordinator.run() is not running")
         self._group.create_task(coroutine, name=name)
 
-    async def _bounded(self, actions: Sequence[Callable[[], Awaitable[None]]]) -> None:
-        """Run actions concurrently, at most max_concurrent_writes at a time, under structured concurrency."""
+    async def _bounded(
+        self, actions: Sequence[Callable[[], Awaitable[None]]], slots: asyncio.Semaphore | None = None
+    ) -> None:
+        """Run actions concurrently, at most max_concurrent_writes at a time (of ``slots``, default the taker's
+        and releases' share), under structured concurrency."""
         if not actions:
             return
+        bound = slots if slots is not None else self._write_slots
 
         async def guarded(action: Callable[[], Awaitable[None]]) -> None:
-            async with self._write_slots:
+            async with bound:
                 await action()
 
         async with asyncio.TaskGroup() as group:

@@ -739,10 +739,24 @@ class LeaseTable:
                 lease_key=lease_key,
             )
         except _ConditionFailed as failure:
+            if failure.current is None:
+                # DynamoDB returns the item with a failed condition (ALL_OLD), unless it no longer exists.
+                # Stores without ReturnValuesOnConditionCheckFailure (dynalite, older DynamoDB-compatible
+                # servers) never do: read it, so callers still learn who holds the lease (the take budget
+                # and the error messages depend on it) and a spurious failure is still recognised.
+                failure.current = await self._current_after_failure(lease_key)
             if failure.attempts > 1 and failure.current is not None and applied(failure.current):
                 return failure.current
             raise
         return Lease.from_item(response["Attributes"])
+
+    async def _current_after_failure(self, lease_key: str) -> Lease | None:
+        """The lease as it is now, after a failed condition that came back without it; None if unreadable."""
+        try:
+            return await self.get_lease(lease_key)
+        except LeaseTableError as error:
+            log.debug("lease_table.read_after_condition_failed", lease_key=lease_key, error=str(error))
+            return None
 
     async def _call(self, operation: str, request: Callable[[], Awaitable[T]], *, lease_key: str | None = None) -> T:
         """Run one DynamoDB request, retrying throttling and transient failures (streamkit.retry: exponential

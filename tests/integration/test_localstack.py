@@ -19,6 +19,7 @@ import pytest
 from botocore.config import Config
 
 from streamkit.devtools.localstack import (
+    Dynalite,
     InProcessMotoServer,
     Kinesalite,
     KinesisLocal,
@@ -251,7 +252,9 @@ def non_loopback_ipv4() -> str | None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("fixture", ["moto_session", "kinesalite_session", "kinesis_local_session", "tansu"])
+@pytest.mark.parametrize(
+    "fixture", ["moto_session", "kinesalite_session", "kinesis_local_session", "dynalite_session", "tansu"]
+)
 def test_server_listens_on_loopback_only(fixture: str, request: pytest.FixtureRequest) -> None:
     server: LocalServer = request.getfixturevalue(fixture)
     sockets = listening_sockets(server.pid)
@@ -308,8 +311,8 @@ def _pid_gone(pid: int) -> bool:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("kind", [TansuBroker, Kinesalite])
-def test_stop_ends_the_pid_and_frees_the_port(kind: type[TansuBroker] | type[Kinesalite]) -> None:
+@pytest.mark.parametrize("kind", [TansuBroker, Kinesalite, Dynalite])
+def test_stop_ends_the_pid_and_frees_the_port(kind: type[TansuBroker] | type[Kinesalite] | type[Dynalite]) -> None:
     server = kind.start()
     pid, port, log_dir = server.pid, server.port, server.log_path.parent
     assert not _pid_gone(pid)

@@ -16,6 +16,7 @@ Which server stands in for what, and their quirks: docs/local-stack.md.
 """
 
 from ._process import LocalServer, LocalStackError, ServerStartError, free_port
+from .dynalite import Dynalite
 from .influxdb import InfluxStandIn, InfluxStandInProcess
 from .kinesis import Kinesalite, KinesisLocal
 from .moto_server import InProcessMotoServer, MotoServer
@@ -23,6 +24,7 @@ from .stack import LocalStack
 from .tansu import TansuBroker, kafka_api_versions_ok
 
 __all__ = [
+    "Dynalite",
     "InProcessMotoServer",
     "InfluxStandIn",
     "InfluxStandInProcess",
