@@ -164,11 +164,13 @@ async def run_pipeline(
     from streamkit.share import process_share
     from streamkit.supervisor import Supervisor, resolve_processes, watch_supervisor
 
-    config = load_config(path, overrides)
-    pipeline = build_pipeline(config)  # every configuration mistake is found here, before any process starts
     stop = asyncio.Event()
     log = structlog.get_logger("streamkit")
+    # First: a SIGTERM/SIGINT while the pipeline is being built (imports, connections) is then a clean stop
+    # that starts nothing, instead of a traceback or a kill.
     install_stop_signals(stop, log)
+    config = load_config(path, overrides)
+    pipeline = build_pipeline(config)  # every configuration mistake is found here, before any process starts
     processes = resolve_processes(config.runtime.processes)
     if processes > 1 and process_share().count == 1:
         supervisor = Supervisor(path, processes, config.runtime, child_args=child_args, global_args=global_args)

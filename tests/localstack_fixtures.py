@@ -11,6 +11,8 @@ function-scoped fixtures hand out the same server after emptying it, so every te
     dynalite       Dynalite (DynamoDB), shared by the session: use unique table names
     tansu          TansuBroker, shared by the session: use unique topic and group names
     aws_env        dummy credentials and region; no real profile, credential source or endpoint leaks in
+    dynamodb_client  an aiobotocore DynamoDB client on moto_server
+    lease_table    a fresh, empty lease table (streamkit's LeaseTable) on moto_server, with fast retries
 
 The *_session fixtures give the servers without the reset, for state shared across tests.
 """
@@ -18,11 +20,16 @@ The *_session fixtures give the servers without the reset, for state shared acro
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
+from aiobotocore.session import get_session
 
+from streamkit.connectors.dynamodb import LeaseTable
 from streamkit.devtools.localstack import Dynalite, Kinesalite, KinesisLocal, MotoServer, TansuBroker
+from streamkit.retry import RetryPolicy
 
 AWS_REGION = "us-east-1"
 
@@ -124,3 +131,24 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values
+
+
+@pytest.fixture
+async def dynamodb_client(moto_server: MotoServer, aws_env: dict[str, str]) -> AsyncIterator[Any]:
+    """An aiobotocore DynamoDB client on the shared moto server."""
+    async with get_session().create_client(
+        "dynamodb", endpoint_url=moto_server.endpoint_url, region_name=aws_env["AWS_REGION"]
+    ) as dynamodb:
+        yield dynamodb
+
+
+@pytest.fixture
+async def lease_table(dynamodb_client: Any) -> LeaseTable:
+    """A fresh lease table per test (moto is reset between tests; the unique name keeps runs apart anyway)."""
+    table = LeaseTable(
+        dynamodb_client,
+        f"leases-{uuid.uuid4().hex[:8]}",
+        retry=RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.2),
+    )
+    await table.ensure_exists(poll_interval=0.05)
+    return table

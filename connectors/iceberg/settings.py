@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from streamkit.config import PositiveInt, PositiveSeconds, Size
+from streamkit.config import NonNegativeSeconds, PositiveInt, PositiveSeconds, Size
 from streamkit.errors import ConfigError
 from streamkit.plugin_env import PluginEnv
 from streamkit.sink import BufferOptions
@@ -84,6 +84,9 @@ class IcebergOptions(BufferOptions, kw_only=True, forbid_unknown_fields=True):
     max_age_s: PositiveSeconds = 60.0
     """The commit interval: records wait at most this long for their commit (and acknowledgement)."""
     max_concurrent_writes: PositiveInt = 1
+    orphan_min_age_s: NonNegativeSeconds = 3600.0
+    """At start-up, files of this scope's commits that never landed (a crash between writing and committing)
+    are deleted once older than this: younger ones may be another worker's commit still in flight."""
 
 
 def checked(options: IcebergOptions, env: PluginEnv) -> IcebergOptions:

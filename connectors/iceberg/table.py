@@ -8,8 +8,9 @@ dedicated one-thread executor, never on the event loop, and that thread serializ
 2. turns the rest into Arrow rows of the table schema, evolving the schema first if the records ask for it
    (``schema.py``); records that cannot fit are returned as failures for the dead-letter queue;
 3. appends the rows with the new ledger in the snapshot summary: data files first, then one atomic catalog
-   commit. A crash before that commit leaves only unreferenced files; after it, the ledger says what the
-   table holds. A lost race with another writer refreshes, skips again and retries.
+   commit. A crash before that commit leaves only unreferenced files, named with this scope's tag, which
+   the next start-up deletes (``orphans.py``); after it, the ledger says what the table holds. A lost race
+   with another writer deletes the attempt's data files, refreshes, skips again and retries.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from pyiceberg.exceptions import (
     TableAlreadyExistsError,
     UnauthorizedError,
 )
+from pyiceberg.io.pyarrow import _dataframe_to_data_files  # what Table.append writes data files with
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table, TableProperties
 from pyiceberg.transforms import (
@@ -53,9 +55,10 @@ from pyiceberg.transforms import (
     YearTransform,
 )
 from pyiceberg.types import LongType
+from pyiceberg.utils.properties import property_as_bool
 
 from streamkit.batch import RecordBatch
-from streamkit.connectors.iceberg import positions
+from streamkit.connectors.iceberg import orphans, positions
 from streamkit.connectors.iceberg.schema import Converted, Evolution, RecordConverter, configured_schema, infer_columns
 from streamkit.connectors.iceberg.settings import IcebergOptions
 from streamkit.errors import ConfigError, SinkError
@@ -139,6 +142,8 @@ class TableWriter:
         self.where = where
         self.identifier = options.table
         self.prop = positions.PROPERTY_PREFIX + scope
+        self.tag = orphans.scope_tag(scope)
+        self.swept: list[str] = []
         self.retry: RetryPolicy = options.retry
         self.catalog: Catalog | None = None
         self.table: Table | None = None
@@ -178,6 +183,16 @@ class TableWriter:
             raise ConfigError(f"{self.where}.catalog", problem) from None
         if self.table is not None and self.options.columns:
             self._check_configured(self.table.schema())
+        if self.table is not None:
+            self._sweep(self.table)
+
+    def _sweep(self, table: Table) -> None:
+        """Delete the files of this scope's commits that a crash left unreferenced (``orphans.py``). A
+        sweep that fails costs storage, not data: it is logged, and the sink starts."""
+        try:
+            self.swept = orphans.sweep(table, self.tag, self.options.orphan_min_age_s)
+        except Exception as exc:
+            log.warning("iceberg orphan sweep failed", table=self.identifier, error=f"{type(exc).__name__}: {exc}")
 
     def _make_local_dirs(self) -> None:
         """A local catalog file's directory and a local warehouse (a laptop run starts from nothing)."""
@@ -332,9 +347,7 @@ class TableWriter:
                 return 0
             ledger = positions.merge(self.committed, last)
             try:
-                _without_internal_retries(self.table).append(
-                    data, snapshot_properties={self.prop: positions.encode(ledger)}
-                )
+                self._append(data, {self.prop: positions.encode(ledger)})
             except _RACES as exc:
                 self.conflicts += 1
                 log.info("iceberg commit raced another writer; refreshing", table=self.identifier, error=str(exc))
@@ -362,6 +375,32 @@ class TableWriter:
                 attempts=attempt,
             )
             return int(data.num_rows)
+
+    def _append(self, data: pa.Table, summary: dict[str, str]) -> None:
+        """``Table.append`` with a commit UUID carrying this scope's tag, so every file of the commit can be
+        found after a crash (``orphans.py``). The data files of an attempt that certainly did not land (a
+        conflict) are deleted at once; pyiceberg deletes its manifests itself."""
+        assert self.table is not None
+        table = _without_internal_retries(self.table)
+        written: list[str] = []
+        try:
+            with table.transaction() as txn:
+                merge = property_as_bool(
+                    txn.table_metadata.properties,
+                    TableProperties.MANIFEST_MERGE_ENABLED,
+                    TableProperties.MANIFEST_MERGE_ENABLED_DEFAULT,
+                )
+                snapshot = txn.update_snapshot(snapshot_properties=summary)
+                with snapshot.merge_append() if merge else snapshot.fast_append() as append:
+                    append.commit_uuid = orphans.commit_uuid(self.tag)
+                    for data_file in _dataframe_to_data_files(
+                        table_metadata=txn.table_metadata, df=data, io=table.io, write_uuid=append.commit_uuid
+                    ):
+                        written.append(data_file.file_path)
+                        append.append_data_file(data_file)
+        except CommitFailedException:
+            orphans.delete(table.io, written)
+            raise
 
     def _unwritten(self, prepared: Prepared) -> tuple[pa.Table | None, dict[str, str]]:
         """The rows still above the ledger (a refreshed ledger may cover some now) and their last positions."""

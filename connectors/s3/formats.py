@@ -26,6 +26,8 @@ from fastavro.validation import ValidationError
 from fastavro.write import Writer as _FastavroWriter
 from isal import isal_zlib
 
+from streamkit.connectors.s3.avro_exact import exactness_check
+
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
@@ -373,11 +375,11 @@ def _avro_block_compressor(codec: str, level: int | None) -> Callable[[bytes], b
     return bytes
 
 
-def _parse_avro_schema(schema: Any) -> dict[str, Any]:
+def _parse_avro_schema(schema: Any, named: dict[str, Any] | None = None) -> dict[str, Any]:
     if not isinstance(schema, dict) or schema.get("type") != "record":
         raise InvalidFormatConfig("avro_schema must be an Avro record schema (a dict with type 'record')")
     try:
-        parsed = cast(dict[str, Any], fastavro.parse_schema(schema))
+        parsed = cast(dict[str, Any], fastavro.parse_schema(schema, named_schemas=named))
     except Exception as error:  # fastavro raises several unrelated types for a bad schema
         raise InvalidFormatConfig(f"avro_schema is not a valid Avro schema: {error}") from error
     return parsed
@@ -402,12 +404,16 @@ class AvroWriter(_Finishable):
         self, schema: dict[str, Any], *, codec: str, level: int | None, block_bytes: int = _AVRO_BLOCK_BYTES
     ) -> None:
         super().__init__()
-        parsed = _parse_avro_schema(schema)
+        named: dict[str, Any] = {}
+        parsed = _parse_avro_schema(schema, named)
+        # What the validator lets through but the encoder would alter (1e300 into a float: infinity).
+        self._inexact = exactness_check(parsed, named)
         self._compress = _avro_block_compressor(codec, level)
         # Ratio of the last block: the pending block will be a full-size block like it.
         self._ratio = _PRIOR_RATIO[codec if codec != "zstandard" else "zstd"]
+        self._file = _OutputFile(self._output)
         self._writer = _FastavroWriter(
-            cast(IO[bytes], _OutputFile(self._output)),
+            cast(IO[bytes], self._file),
             parsed,
             codec=codec,
             sync_interval=min(block_bytes, _AVRO_FIRST_BLOCK_BYTES),
@@ -427,16 +433,40 @@ class AvroWriter(_Finishable):
 
     def write_values(self, values: Sequence[Any]) -> None:
         self._check_open()
-        write = self._writer.write
+        block: Any = self._writer.io  # the compiled writer's in-memory block buffer
+        write, inexact = self._writer.write, self._inexact
         failures: list[RecordFailure] = []
         for i, value in enumerate(values):
+            if inexact is not None and (reason := inexact(value)) is not None:
+                failures.append(RecordFailure(i, f"does not match the Avro schema: {reason}"))
+                continue
+            start = block.tell()
             try:
                 write(value)
             except ValidationError as error:
                 failures.append(RecordFailure(i, _validation_reason(error)))
+            except Exception as error:  # fastavro's encoder raises many types; the record is what failed
+                self._drop_partial_record(start)
+                failures.append(RecordFailure(i, f"cannot be encoded with the Avro schema: {error}"))
         self._records += len(values) - len(failures)
         if failures:
             raise RecordEncodeError(failures, written=len(values) - len(failures))
+
+    def _drop_partial_record(self, start: int) -> None:
+        """The encoder failed after validation, half way through a record: the block keeps the bytes of
+        the fields it wrote. Write the block's earlier records out as a block of their own, without them
+        (what fastavro's dump does, on the good prefix)."""
+        writer: Any = self._writer  # block buffer, count and sync marker: the compiled writer's attributes
+        block = writer.io
+        if block.tell() == start:
+            return
+        done = block.getvalue()[:start]
+        block.clear()
+        if writer.block_count:
+            self._file.write(_avro_long(writer.block_count))
+            self._write_block(self._file, done, None)
+            self._file.write(writer.sync_marker)
+            writer.block_count = 0
 
     def write_payloads(self, payloads: Sequence[bytes]) -> None:
         self._check_open()

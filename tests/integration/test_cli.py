@@ -17,6 +17,7 @@ import yaml
 from tests.helpers import written_ids
 
 CLI = [sys.executable, "-m", "streamkit"]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_pipeline(directory: Path, *, rate: float, count: int, partitions: int = 2) -> Path:
@@ -89,19 +90,62 @@ def test_validate_accepts_a_good_file_and_plugins_lists_builtins(tmp_path: Path)
         assert name in plugins.stdout
 
 
-@pytest.mark.parametrize("signame", ["SIGINT"])
+def wait_for_line(log: Path, text: bytes, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until the worker's log has ``text`` (the worker got that far), failing if it exits first."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_bytes():
+        assert proc.poll() is None, log.read_text()[-2000:]
+        assert time.monotonic() < deadline, f"no {text!r} after {timeout} s: {log.read_text()[-2000:]}"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_sigint_is_a_clean_stop_too(tmp_path: Path, signame: str) -> None:
     pipeline = write_pipeline(tmp_path, rate=500, count=100_000, partitions=1)
-    proc = subprocess.Popen([*CLI, "run", str(pipeline)], stderr=subprocess.PIPE, cwd=tmp_path)
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen([*CLI, "run", str(pipeline)], stderr=stderr, cwd=tmp_path)
     try:
-        time.sleep(1.5)
+        # Running, not merely started: on a loaded machine imports alone can take seconds.
+        wait_for_line(log, b'"partition assigned"', proc)
         proc.send_signal(getattr(signal, signame))
-        _, stderr = proc.communicate(timeout=10)
+        proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, stderr.decode()[-2000:]
-    assert b"pipeline stopped" in stderr
+    assert proc.returncode == 0, log.read_text()[-2000:]
+    assert b"pipeline stopped" in log.read_bytes()
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_stop_signal_while_the_pipeline_is_being_built_is_a_clean_stop(tmp_path: Path, signame: str) -> None:
+    """Ctrl-C (or ECS' SIGTERM) during start-up: no traceback, no kill; the run that starts stops at once,
+    drained, and exits 0."""
+    config = yaml.safe_load(write_pipeline(tmp_path, rate=500, count=100_000, partitions=1).read_text())
+    config["processors"].insert(0, {"callable": "tests.integration.slow_build:process"})
+    pipeline = tmp_path / "slow.yaml"
+    pipeline.write_text(yaml.safe_dump(config))
+    marker = tmp_path / "building"
+    env = {**os.environ, "STREAMKIT_TEST_BUILD_MARKER": str(marker), "PYTHONPATH": str(ROOT)}
+    log = tmp_path / "worker.log"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen([*CLI, "run", str(pipeline)], stderr=stderr, cwd=tmp_path, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():  # the worker is inside build_pipeline, importing the slow processor
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.02)
+        proc.send_signal(getattr(signal, signame))
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert proc.returncode == 0, text[-2000:]
+    assert "Traceback" not in text
+    assert f'"signal": "{signame}", "event": "stop requested' in text
+    stopped = [orjson.loads(line) for line in text.splitlines() if '"pipeline stopped"' in line]
+    assert [(s["drained"], s["records_in"] < 100_000) for s in stopped] == [(True, True)], text[-2000:]
 
 
 def test_demo_runs_kinesis_to_s3_on_local_stand_ins_and_reports_where_output_landed(tmp_path: Path) -> None:

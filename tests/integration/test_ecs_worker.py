@@ -27,13 +27,26 @@ CLI = [sys.executable, "-m", "streamkit"]
 
 
 def http_status(url: str) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body, or (0, {}) for no answer: not listening yet, or listening but no answer
+    within 2 s (a worker starting on a loaded machine accepts connections seconds before its loop answers;
+    a read timeout is raised as TimeoutError, not as URLError)."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
-    except (urllib.error.URLError, ConnectionError):
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
         return 0, {}
+
+
+def first_answer(url: str, worker: subprocess.Popen[bytes], timeout: float) -> tuple[int, dict[str, Any]]:
+    """The first answer of an endpoint of a starting worker (failing if the worker exits first)."""
+    deadline = time.monotonic() + timeout
+    while (answer := http_status(url))[0] == 0:
+        assert worker.poll() is None, f"the worker exited ({worker.returncode}) before answering"
+        assert time.monotonic() < deadline, f"no answer from {url} in {timeout} s"
+        time.sleep(0.05)
+    return answer
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -108,7 +121,8 @@ def test_sigterm_drains_checkpoints_releases_and_the_peer_takes_over_at_once(
     a = start_worker(config, "a", port_a, tmp_path)
     b: subprocess.Popen[bytes] | None = None
     try:
-        assert http_status(f"http://127.0.0.1:{port_a}/health/live")[0] in (0, 200)
+        # Live from its first answer on (start-up may take seconds on a loaded machine).
+        assert first_answer(f"http://127.0.0.1:{port_a}/health/live", a, 30)[0] == 200
         wait_until(lambda: http_status(f"http://127.0.0.1:{port_a}/health/ready")[0] == 200, 30, "worker a ready")
         wait_until(lambda: len(read_ids(tmp_path / "out-a")) >= 2000, 30, "worker a to read everything")
         b = start_worker(config, "b", port_b, tmp_path)

@@ -23,7 +23,6 @@ import boto3
 import numpy as np
 import orjson
 import pytest
-from aiobotocore.session import get_session
 
 from streamkit.acks import PartitionTracker
 from streamkit.batch import RecordBatch
@@ -35,7 +34,7 @@ from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import ConfigError, SinkError
 from streamkit.plugin_env import PluginEnv
 from streamkit.runtime import Runtime
-from tests.helpers import P, modelled_response, started, ticketed, wait_for
+from tests.helpers import ForwardingFaults, P, injected_error, modelled_response, started, ticketed, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -81,44 +80,30 @@ def make_sink(moto: MotoServer, **options: Any) -> tuple[FirehoseSink, MemoryDea
     return sink, dlq
 
 
-class FirehoseFaults:
+class FirehoseFaults(ForwardingFaults):
     """A before-call hook: per-record failures and whole-call errors, everything else goes to moto."""
 
     def __init__(self, endpoint_url: str, plan: Callable[[int, bytes], str | None] | None = None) -> None:
-        self.endpoint_url = endpoint_url
+        super().__init__("firehose", endpoint_url, REGION)
         self.plan = plan or (lambda index, data: None)
-        self.call_errors: list[tuple[int, str]] = []
         self.call_fault: Callable[[list[bytes]], tuple[int, str] | None] = lambda records: None
         self.calls: list[list[bytes]] = []
-        self.gate: asyncio.Event | None = None
-        self._forward: Any = None
-
-    async def __aenter__(self) -> FirehoseFaults:
-        session = get_session()
-        self._cm = session.create_client("firehose", endpoint_url=self.endpoint_url, region_name=REGION)
-        self._forward = await self._cm.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._cm.__aexit__(None, None, None)
 
     async def __call__(self, params: dict[str, Any], **_: Any) -> Any:
-        if self.gate is not None:
-            await self.gate.wait()
+        await self.held()
         body = json.loads(params["body"])
         records = [base64.b64decode(r["Data"]) for r in body["Records"]]
         self.calls.append(records)
         fault = self.call_errors.pop(0) if self.call_errors else self.call_fault(records)
         if fault is not None:
-            status, code = fault
-            return modelled_response(status, {"Error": {"Code": code, "Message": f"injected {code}"}})
+            return injected_error(*fault)
         failures = {i: error for i, data in enumerate(records) if (error := self.plan(i, data))}
         if not failures:
             return None  # the real call goes to moto
         good = [data for i, data in enumerate(records) if i not in failures]
         ids: list[dict[str, Any]] = []
         if good:
-            answer = await self._forward.put_record_batch(
+            answer = await self.forward.put_record_batch(
                 DeliveryStreamName=body["DeliveryStreamName"], Records=[{"Data": d} for d in good]
             )
             ids = answer["RequestResponses"]

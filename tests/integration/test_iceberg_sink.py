@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,6 +37,7 @@ from streamkit.acks import PartitionTracker
 from streamkit.batch import Partition, RecordBatch
 from streamkit.build import build_pipeline
 from streamkit.config import AwsSettings, convert, load_config, parse_config
+from streamkit.connectors.iceberg import orphans
 from streamkit.connectors.iceberg.settings import IcebergOptions
 from streamkit.connectors.iceberg.sink import IcebergSink
 from streamkit.connectors.local.memory_sink import MemoryDeadLetter
@@ -358,6 +360,40 @@ async def test_two_writers_racing_on_one_table_keep_every_partition_in_the_ledge
     assert set(ids.values()) == {1}
     assert sorted(ids) == sorted([f"a{i}" for i in range(10)] + [f"b{i}" for i in range(7)])
     assert ledger(table) == {"kafka:t/0": "9", "kafka:t/1": "6"}
+    assert unreferenced_files(moto_server, table) == [], "the conflicting attempt's data files were deleted"
+
+
+async def test_the_start_up_sweep_deletes_only_this_scopes_old_unreferenced_files(
+    moto_server: MotoServer, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    create_bucket(moto_server)
+    columns = [{"name": "id", "type": "string"}]
+    sink = make_sink(moto_server, tmp_path, columns=columns, max_age_s=600)
+    await sink.start()
+    try:
+        await sink.submit(routed([{"id": f"a{i}"} for i in range(5)], PartitionTracker(Partition("kafka:t", "0"))))
+        await sink.flush()
+    finally:
+        await sink.close()
+    table = table_of(moto_server, tmp_path)
+    data_dir = table.location_provider().data_path.removeprefix(f"s3://{BUCKET}/")
+    ours = f"{data_dir}/00000-0-{orphans.commit_uuid(orphans.scope_tag('iceberg-test'))}.parquet"
+    other_scope = f"{data_dir}/00000-0-{orphans.commit_uuid(orphans.scope_tag('other-pipeline'))}.parquet"
+    client = boto3.client("s3", endpoint_url=moto_server.endpoint_url, region_name=REGION)
+    for key in (ours, other_scope):
+        client.put_object(Bucket=BUCKET, Key=key, Body=b"PAR1")
+
+    young = make_sink(moto_server, tmp_path, columns=columns)  # default age guard: an hour
+    await young.start()
+    await young.close()
+    assert young.writer.swept == [] and unreferenced_files(moto_server, table) == sorted([ours, other_scope])
+
+    old = make_sink(moto_server, tmp_path, columns=columns, orphan_min_age_s=0)
+    await old.start()
+    await old.close()
+    assert old.writer.swept == [f"s3://{BUCKET}/{ours}"]
+    assert unreferenced_files(moto_server, table) == [other_scope]
+    assert sorted(table_of(moto_server, tmp_path).scan().to_arrow()["id"].to_pylist()) == [f"a{i}" for i in range(5)]
 
 
 def test_bad_settings_fail_at_start_up_with_the_key_path(tmp_path: Path) -> None:
@@ -438,6 +474,14 @@ def snapshot_count(tmp_path: Path, moto: MotoServer) -> int:
         return 0  # not created yet
 
 
+def wait_for_snapshots(
+    worker: subprocess.Popen[bytes], tmp_path: Path, moto: MotoServer, n: int, deadline: float
+) -> None:
+    """Until the table has ``n`` snapshots (or the deadline passes, or the worker exits: the caller asserts)."""
+    while snapshot_count(tmp_path, moto) < n and time.monotonic() < deadline and worker.poll() is None:
+        time.sleep(0.05)
+
+
 def kill(worker: subprocess.Popen[bytes], tmp_path: Path) -> None:
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=10)
@@ -467,9 +511,7 @@ def test_sigkill_between_commit_and_checkpoint_replays_nothing_twice(
     config = crash_config(moto_server, tmp_path, count)
     worker = start_worker(config, tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while snapshot_count(tmp_path, moto_server) < 2 and time.monotonic() < deadline and worker.poll() is None:
-            time.sleep(0.05)
+        wait_for_snapshots(worker, tmp_path, moto_server, 2, time.monotonic() + 60)
     finally:
         kill(worker, tmp_path)
     table = table_of(moto_server, tmp_path)
@@ -490,8 +532,7 @@ def test_sigkill_between_data_files_and_commit_leaves_nothing_visible_and_replay
     lock: sqlite3.Connection | None = None
     try:
         deadline = time.monotonic() + 60
-        while snapshot_count(tmp_path, moto_server) < 1 and time.monotonic() < deadline and worker.poll() is None:
-            time.sleep(0.05)
+        wait_for_snapshots(worker, tmp_path, moto_server, 1, deadline)
         committed = table_of(moto_server, tmp_path)
         files_before = len([k for k in s3_keys(moto_server, "wh/") if k.endswith(".parquet")])
         # Hold the catalog's write lock: the worker's next commit writes its files, then waits on sqlite.
@@ -512,10 +553,32 @@ def test_sigkill_between_data_files_and_commit_leaves_nothing_visible_and_replay
             lock.close()
     table = table_of(moto_server, tmp_path)
     assert table.current_snapshot() == committed.current_snapshot(), "the interrupted commit is not visible"
-    referenced = {t.file.file_path.split(f"{BUCKET}/", 1)[1] for t in table.scan().plan_files()}
-    orphans = [k for k in s3_keys(moto_server, "wh/") if k.endswith(".parquet") and k not in referenced]
-    assert orphans, "the killed worker had written data files the catalog never referenced"
+    orphans = unreferenced_files(moto_server, table)
+    assert [k for k in orphans if k.endswith(".parquet")], "the killed worker had written data files no snapshot has"
+    # Files of another writer (its commit in flight, or its own orphans) are not this sink's to delete.
+    client = boto3.client("s3", endpoint_url=moto_server.endpoint_url, region_name=REGION)
+    data_dir = orphans[0].rsplit("/data/", 1)[0] + "/data"
+    foreign = [f"{data_dir}/00000-0-{uuid.uuid4()}.parquet", f"{data_dir}/part-00000-spark.parquet"]
+    for key in foreign:
+        client.put_object(Bucket=BUCKET, Key=key, Body=b"PAR1")
+    config["sinks"][0]["orphan_min_age_s"] = 0
     finish_and_check(moto_server, tmp_path, config, count)
+    left = unreferenced_files(moto_server, table_of(moto_server, tmp_path))
+    assert left == sorted(foreign), "the restart swept the killed worker's files, and only them"
+
+
+def unreferenced_files(moto: MotoServer, table: Table) -> list[str]:
+    """Data files, manifests and manifest lists in the table location that no snapshot references."""
+    referenced: set[str] = set()
+    for snapshot in table.snapshots():
+        referenced.add(snapshot.manifest_list)
+        for manifest in snapshot.manifests(table.io):
+            referenced.add(manifest.manifest_path)
+            referenced.update(
+                e.data_file.file_path for e in manifest.fetch_manifest_entry(table.io, discard_deleted=False)
+            )
+    keys = {f"s3://{BUCKET}/{k}" for k in s3_keys(moto, "wh/") if k.endswith((".parquet", ".avro"))}
+    return sorted(k.removeprefix(f"s3://{BUCKET}/") for k in keys - referenced)
 
 
 # -- REST catalog with SigV4 --------------------------------------------------------------------------

@@ -12,40 +12,25 @@ import asyncio
 import itertools
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
+from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import orjson
 import pytest
 from aws_kinesis_agg.aggregator import RecordAggregator
 
-from streamkit.batch import RecordBatch
 from streamkit.build import build_pipeline
 from streamkit.config import AwsSettings, parse_config
 from streamkit.connectors.kinesis.efo_consumer import ConsumerRegistrationError, ensure_consumer
 from streamkit.connectors.kinesis.source import KinesisSource
-from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
 from streamkit.devtools.localstack.efo_proxy import EventStreamProxy
 from streamkit.runtime import Pipeline, Runtime
-from streamkit.sink import Rejection
 from tests.helpers import wait_for
-from tests.integration.kinesis_helpers import create_stream, put_json
+from tests.integration.kinesis_helpers import OrderLog, create_stream, kinesis_pipeline, log_in_order, put_json
 from tests.integration.test_kinesis_faults import FaultHook
 
 TABLE = "efo-leases"
-
-
-class OrderLog(MemorySink):
-    """A memory sink that appends every record it writes, with its shard, to one log in write order."""
-
-    log: ClassVar[list[tuple[float, str, dict[str, Any]]]] = []
-
-    async def write(self, batches: Sequence[RecordBatch]) -> list[Rejection]:
-        now = time.monotonic()
-        for batch in batches:
-            OrderLog.log.extend((now, batch.partition.key, orjson.loads(p)) for p in batch.payloads)
-        return await super().write(batches)
 
 
 @pytest.fixture
@@ -55,28 +40,10 @@ def efo_proxy(kinesis_local: Any) -> Iterator[EventStreamProxy]:
 
 
 def pipeline(kinesis: str, dynamodb: str, stream: str, *, table: str = TABLE, **source: Any) -> Pipeline:
-    config = {
-        "name": "efo",
-        "source": {
-            "type": "kinesis",
-            "stream": stream,
-            "consumer": "efo",
-            "lease_table": table,
-            "failover_time_s": 3,
-            "taker_interval_s": 0.5,
-            "idle_poll_s": 0.1,
-            "shard_sync_interval_s": 0.5,
-            **source,
-        },
-        "sinks": [{"type": "memory", "name": "out"}],
-        "checkpoint": {"interval_s": 0.1},
-        "aws": {"region": "us-east-1", "endpoints": {"kinesis": kinesis, "dynamodb": dynamodb}},
-        "runtime": {"shutdown_grace_s": 5},
-    }
+    source = {"consumer": "efo", **source}
+    config = kinesis_pipeline("efo", stream, table, kinesis=kinesis, dynamodb=dynamodb, checkpoint_s=0.1, **source)
     built = build_pipeline(parse_config(config))
-    order_log = OrderLog(MemorySinkOptions(max_age_s=0.05, max_records=500))
-    order_log.bind("out", built.dead_letters, built.metrics)
-    built.routes[0].sink = order_log
+    log_in_order(built, max_records=500)
     return built
 
 

@@ -24,13 +24,12 @@ from streamkit.connectors.kinesis.client import KinesisClient
 from streamkit.connectors.kinesis.efo import FanOut, FanOutOptions
 from streamkit.connectors.kinesis.source import KinesisSource
 from streamkit.connectors.kinesis.streams import describe_stream
-from streamkit.connectors.local.memory_sink import MemorySinkOptions
 from streamkit.devtools.localstack.efo_proxy import EventStreamProxy
 from streamkit.devtools.localstack.kinesis import KinesisLocal
 from streamkit.errors import ConfigError
 from streamkit.runtime import Pipeline
-from tests.integration.kinesis_helpers import create_stream, put_json
-from tests.integration.test_kinesis_efo import OrderLog, Running, efo_proxy, lease_items
+from tests.integration.kinesis_helpers import OrderLog, create_stream, log_in_order, put_json
+from tests.integration.test_kinesis_efo import Running, efo_proxy, lease_items
 from tests.integration.test_kinesis_faults import modelled_error
 from tests.integration.test_kinesis_multi_stream import prefix_of
 
@@ -61,9 +60,7 @@ def pipeline(kinesis: str, moto: str, streams: list[dict[str, Any]], **source: A
         "runtime": {"shutdown_grace_s": 5},
     }
     built = build_pipeline(parse_config(config))
-    order_log = OrderLog(MemorySinkOptions(max_age_s=0.05, max_records=500))
-    order_log.bind("out", built.dead_letters, built.metrics)
-    built.routes[0].sink = order_log
+    log_in_order(built, max_records=500)
     return built
 
 

@@ -20,7 +20,7 @@ from streamkit.connectors.kinesis.source import KinesisSource
 from streamkit.connectors.local.memory_sink import MemorySink
 from streamkit.runtime import Runtime
 from tests.helpers import wait_for
-from tests.integration.kinesis_helpers import create_stream
+from tests.integration.kinesis_helpers import create_stream, kinesis_pipeline
 from tests.integration.test_kinesis_resharding import KEYS, PER_KEY, TABLE, lease_items, write_and_reshard
 
 
@@ -30,27 +30,15 @@ async def test_parents_leases_are_deleted_once_their_children_started_and_never_
     kinesis_local: Any, moto_server: Any
 ) -> None:
     client = create_stream(kinesis_local.endpoint_url, "reshard", shards=2)
-    config = {
-        "name": "cleanup",
-        "source": {
-            "type": "kinesis",
-            "stream": "reshard",
-            "lease_table": TABLE,
-            "failover_time_s": 3,
-            "taker_interval_s": 0.5,
-            "idle_poll_s": 0.1,
-            "shard_sync_interval_s": 0.5,
-            "finished_lease_retention_s": 0,
-            "max_records_per_call": 200,
-        },
-        "sinks": [{"type": "memory", "name": "out", "max_age_s": 0.05}],
-        "checkpoint": {"interval_s": 0.2},
-        "aws": {
-            "region": "us-east-1",
-            "endpoints": {"kinesis": kinesis_local.endpoint_url, "dynamodb": moto_server.endpoint_url},
-        },
-        "runtime": {"shutdown_grace_s": 5},
-    }
+    config = kinesis_pipeline(
+        "cleanup",
+        "reshard",
+        TABLE,
+        kinesis=kinesis_local.endpoint_url,
+        dynamodb=moto_server.endpoint_url,
+        finished_lease_retention_s=0,
+        max_records_per_call=200,
+    )
     built = build_pipeline(parse_config(config))
     source = built.source
     assert isinstance(source, KinesisSource)

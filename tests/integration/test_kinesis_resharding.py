@@ -13,45 +13,23 @@ import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import boto3
 import orjson
 import pytest
 
-from streamkit.batch import RecordBatch
 from streamkit.build import build_pipeline
 from streamkit.config import parse_config
 from streamkit.connectors.dynamodb import ShardInfo
 from streamkit.connectors.kinesis.source import KinesisSource
-from streamkit.connectors.local.memory_sink import MemorySink, MemorySinkOptions
 from streamkit.runtime import Runtime
-from streamkit.sink import Rejection
 from tests.helpers import wait_for
-from tests.integration.kinesis_helpers import create_stream
+from tests.integration.kinesis_helpers import OrderLog, create_stream, kinesis_pipeline, log_in_order, wait_active
 
 TABLE = "reshard-leases"
 KEYS = [f"key-{k:02d}" for k in range(30)]
 PER_KEY = 100
-
-
-class OrderLog(MemorySink):
-    """A memory sink that also appends every record it writes to one log, in write order."""
-
-    log: ClassVar[list[tuple[float, str, dict[str, Any]]]] = []
-
-    async def write(self, batches: Sequence[RecordBatch]) -> list[Rejection]:
-        now = time.monotonic()
-        for batch in batches:
-            OrderLog.log.extend((now, batch.partition.key, orjson.loads(p)) for p in batch.payloads)
-        return await super().write(batches)
-
-
-def wait_active(client: Any, stream: str) -> None:
-    deadline = time.monotonic() + 30
-    while client.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamStatus"] != "ACTIVE":
-        assert time.monotonic() < deadline, "stream did not become ACTIVE"
-        time.sleep(0.05)
 
 
 def write_and_reshard(client: Any, stream: str) -> dict[str, float]:
@@ -90,34 +68,20 @@ async def test_split_and_merge_under_load_keep_per_key_order_and_drain_parents_f
     kinesis_local: Any, moto_server: Any
 ) -> None:
     client = create_stream(kinesis_local.endpoint_url, "reshard", shards=2)
-    config = {
-        "name": "reshard",
-        "source": {
-            "type": "kinesis",
-            "stream": "reshard",
-            "lease_table": TABLE,
-            "failover_time_s": 3,
-            "taker_interval_s": 0.5,
-            "idle_poll_s": 0.1,
-            "shard_sync_interval_s": 0.5,
-            # Read slower than the writer writes (200 records/s per shard), so the parents still hold unread
-            # records when their children appear: the parent-before-child gate has something to hold back.
-            "reads_per_second": 2,
-            "max_records_per_call": 100,
-        },
-        "sinks": [{"type": "memory", "name": "out"}],
-        "checkpoint": {"interval_s": 0.2},
-        "aws": {
-            "region": "us-east-1",
-            "endpoints": {"kinesis": kinesis_local.endpoint_url, "dynamodb": moto_server.endpoint_url},
-        },
-        "runtime": {"shutdown_grace_s": 5},
-    }
+    config = kinesis_pipeline(
+        "reshard",
+        "reshard",
+        TABLE,
+        kinesis=kinesis_local.endpoint_url,
+        dynamodb=moto_server.endpoint_url,
+        # Read slower than the writer writes (200 records/s per shard), so the parents still hold unread
+        # records when their children appear: the parent-before-child gate has something to hold back.
+        reads_per_second=2,
+        max_records_per_call=100,
+    )
     built = build_pipeline(parse_config(config))
     OrderLog.log = []
-    order_log = OrderLog(MemorySinkOptions(max_age_s=0.05, max_records=200))
-    order_log.bind("out", built.dead_letters, built.metrics)
-    built.routes[0].sink = order_log
+    log_in_order(built, max_records=200)
     source = built.source
     assert isinstance(source, KinesisSource)
 

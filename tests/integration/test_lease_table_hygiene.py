@@ -10,37 +10,16 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import boto3
 import pytest
-from aiobotocore.session import get_session
 
 from streamkit.connectors.dynamodb import SHARD_END, TRIM_HORIZON, Lease, LeaseTable, ShardInfo
 from streamkit.devtools.localstack import MotoServer
-from streamkit.retry import RetryPolicy
 from tests.integration.test_leases import FAILOVER, SLACK, TAKER, Client, coordinator, running, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def client(moto_server: MotoServer, aws_env: dict[str, str]) -> AsyncIterator[Client]:
-    async with get_session().create_client(
-        "dynamodb", endpoint_url=moto_server.endpoint_url, region_name=aws_env["AWS_REGION"]
-    ) as dynamodb:
-        yield dynamodb
-
-
-@pytest.fixture
-async def table(client: Client) -> LeaseTable:
-    lease_table = LeaseTable(
-        client, f"leases-{uuid.uuid4().hex[:8]}", retry=RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.2)
-    )
-    await lease_table.ensure_exists(poll_interval=0.05)
-    return lease_table
 
 
 P, C1, C2, G = "shardId-000000000000", "shardId-000000000001", "shardId-000000000002", "shardId-000000000003"
@@ -56,10 +35,10 @@ async def keys_in(table: LeaseTable) -> set[str]:
     return {lease.lease_key for lease in await table.list_leases()}
 
 
-async def test_finished_leases_are_deleted_once_every_child_started_oldest_first(table: LeaseTable) -> None:
+async def test_finished_leases_are_deleted_once_every_child_started_oldest_first(lease_table: LeaseTable) -> None:
     """P split into C1/C2; C1 later split into G (only G listed as its child here). The table keeps P until
     both C1 and C2 have a checkpoint past TRIM_HORIZON, and C1 until P is gone and G has started."""
-    cleaner = coordinator(table, "cleaner", finished_lease_retention=0.0)
+    cleaner = coordinator(lease_table, "cleaner", finished_lease_retention=0.0)
     assert await cleaner.sync_shards(LISTING[:1]) == [P]
     async with running(cleaner):
         await wait_for(lambda: P in cleaner.held(), SLACK, "the take of P")
@@ -67,63 +46,63 @@ async def test_finished_leases_are_deleted_once_every_child_started_oldest_first
         await cleaner.finish_shard(P, LISTING[1:3])
         await wait_for(lambda: cleaner.held() == {C1, C2}, SLACK + TAKER, "the takes of the children")
         await asyncio.sleep(3 * TAKER)  # several passes: the children have not started, P stays
-        assert await keys_in(table) == {P, C1, C2}
+        assert await keys_in(lease_table) == {P, C1, C2}
         assert cleaner.deleted_finished == 0
 
         await cleaner.checkpoint(C1, "910")
         await asyncio.sleep(3 * TAKER)  # C2 has not started: P still stays
-        assert P in await keys_in(table)
+        assert P in await keys_in(lease_table)
 
         await cleaner.checkpoint(C1, "950")
         await cleaner.finish_shard(C1, LISTING[3:])  # C1 finished before P was deleted: C1 waits for P
         await cleaner.checkpoint(C2, "920")
         await wait_for(lambda: cleaner.deleted_finished == 1, 2 * TAKER + SLACK, "P's deletion")
-        assert await keys_in(table) == {C1, C2, G}  # C1 stays: G has not started
+        assert await keys_in(lease_table) == {C1, C2, G}  # C1 stays: G has not started
 
         await wait_for(lambda: G in cleaner.held(), SLACK + TAKER, "the take of G")
         await cleaner.checkpoint(G, "960")
         await wait_for(lambda: cleaner.deleted_finished == 2, 2 * TAKER + SLACK, "C1's deletion")
-    assert await keys_in(table) == {C2, G}
+    assert await keys_in(lease_table) == {C2, G}
 
     # Shard discovery still lists P and C1 (within retention): their leases must not come back, and they
     # count as finished, so nothing waits for them.
-    fresh = coordinator(table, "fresh")
+    fresh = coordinator(lease_table, "fresh")
     assert await fresh.sync_shards(LISTING) == []
-    assert await keys_in(table) == {C2, G}
+    assert await keys_in(lease_table) == {C2, G}
 
 
-async def test_a_started_child_whose_parents_were_deleted_is_read_by_its_next_owner(table: LeaseTable) -> None:
+async def test_a_started_child_whose_parents_were_deleted_is_read_by_its_next_owner(lease_table: LeaseTable) -> None:
     """G's parents are gone; a worker that never saw them (and ran no discovery) takes and reads G."""
-    assert await table.create_lease(Lease(G, checkpoint="960", parent_shard_ids=frozenset({C1})))
-    worker = coordinator(table, "worker")
+    assert await lease_table.create_lease(Lease(G, checkpoint="960", parent_shard_ids=frozenset({C1})))
+    worker = coordinator(lease_table, "worker")
     async with running(worker):
         event = await asyncio.wait_for(worker.events.get(), SLACK + TAKER)
     assert (event.kind, event.lease.lease_key, event.lease.checkpoint) == ("acquired", G, "960")
 
 
-async def test_a_finished_lease_is_not_deleted_before_the_retention(table: LeaseTable) -> None:
-    assert await table.create_lease(Lease(P, checkpoint=SHARD_END, child_shard_ids=frozenset({C1})))
-    assert await table.create_lease(Lease(C1, checkpoint="910", parent_shard_ids=frozenset({P})))
-    keeper = coordinator(table, "keeper", finished_lease_retention=3 * TAKER)
+async def test_a_finished_lease_is_not_deleted_before_the_retention(lease_table: LeaseTable) -> None:
+    assert await lease_table.create_lease(Lease(P, checkpoint=SHARD_END, child_shard_ids=frozenset({C1})))
+    assert await lease_table.create_lease(Lease(C1, checkpoint="910", parent_shard_ids=frozenset({P})))
+    keeper = coordinator(lease_table, "keeper", finished_lease_retention=3 * TAKER)
     async with running(keeper):
         await wait_for(lambda: keeper.held() == {C1}, SLACK, "the take of C1")
         await asyncio.sleep(2 * TAKER)
-        assert P in await keys_in(table)
+        assert P in await keys_in(lease_table)
         await wait_for(lambda: keeper.deleted_finished == 1, 3 * TAKER + SLACK, "P's deletion after retention")
-    assert await keys_in(table) == {C1}
+    assert await keys_in(lease_table) == {C1}
 
 
-async def test_the_delete_is_conditional_on_the_lease_seen(table: LeaseTable) -> None:
-    assert await table.create_lease(Lease(P, checkpoint=SHARD_END))
-    seen = await table.get_lease(P)
+async def test_the_delete_is_conditional_on_the_lease_seen(lease_table: LeaseTable) -> None:
+    assert await lease_table.create_lease(Lease(P, checkpoint=SHARD_END))
+    seen = await lease_table.get_lease(P)
     assert seen is not None
     stale = Lease(P, checkpoint=SHARD_END, lease_counter=seen.lease_counter + 7)
-    assert not await table.delete_finished(stale)  # the counter moved since: left alone
-    assert P in await keys_in(table)
-    assert await table.delete_finished(seen)
-    assert not await table.delete_finished(seen)  # already gone
+    assert not await lease_table.delete_finished(stale)  # the counter moved since: left alone
+    assert P in await keys_in(lease_table)
+    assert await lease_table.delete_finished(seen)
+    assert not await lease_table.delete_finished(seen)  # already gone
     with pytest.raises(ValueError, match="not finished"):
-        await table.delete_finished(Lease(C1, checkpoint=TRIM_HORIZON))
+        await lease_table.delete_finished(Lease(C1, checkpoint=TRIM_HORIZON))
 
 
 # --- rows that are not leases -------------------------------------------------------------------------------------
@@ -149,24 +128,24 @@ def raw_items(moto: MotoServer, table_name: str) -> dict[str, dict[str, Any]]:
 
 
 async def test_rows_that_are_not_leases_are_never_taken_counted_changed_or_deleted(
-    table: LeaseTable, client: Client, moto_server: MotoServer
+    lease_table: LeaseTable, dynamodb_client: Client, moto_server: MotoServer
 ) -> None:
     for item in NOT_LEASES:
-        await client.put_item(TableName=table.name, Item=item)
+        await dynamodb_client.put_item(TableName=lease_table.name, Item=item)
     # A lease that says it is one, as a KCL 3.x lease may, is a lease.
-    await client.put_item(
-        TableName=table.name,
+    await dynamodb_client.put_item(
+        TableName=lease_table.name,
         Item={"leaseKey": {"S": "shardId-000000000007"}, "entityType": {"S": "LEASE"}, "leaseCounter": {"N": "0"}},
     )
     real = [f"shardId-00000000000{i}" for i in range(4)]
     for key in real:
-        assert await table.create_lease(Lease(key, checkpoint=TRIM_HORIZON))
+        assert await lease_table.create_lease(Lease(key, checkpoint=TRIM_HORIZON))
     real.append("shardId-000000000007")
     before = {item["leaseKey"]["S"]: item for item in NOT_LEASES}
 
-    assert {lease.lease_key for lease in await table.list_leases()} == set(real)
-    assert await table.get_lease("Leader") is None
-    one, two = coordinator(table, "one", finished_lease_retention=0.0), coordinator(table, "two")
+    assert {lease.lease_key for lease in await lease_table.list_leases()} == set(real)
+    assert await lease_table.get_lease("Leader") is None
+    one, two = coordinator(lease_table, "one", finished_lease_retention=0.0), coordinator(lease_table, "two")
     # Discovery of a shard whose id collides with a non-lease row does not overwrite the row.
     assert await one.sync_shards([ShardInfo("shardId-000000000099")]) == []
     async with running(one):
@@ -177,5 +156,5 @@ async def test_rows_that_are_not_leases_are_never_taken_counted_changed_or_delet
             await asyncio.sleep(3 * FAILOVER)  # passes, renewals, clean-up: nothing may touch the rows
             assert one.held() | two.held() == set(real)
     assert one.deleted_finished == 0
-    after = raw_items(moto_server, table.name)
+    after = raw_items(moto_server, lease_table.name)
     assert {key: after[key] for key in before} == before

@@ -31,6 +31,7 @@ from streamkit.devtools.localstack import (
     TansuBroker,
 )
 from streamkit.devtools.localstack._process import Launch, spawn_on_ports
+from tests.integration.kinesis_helpers import wait_active
 
 REGION = "us-east-1"
 FORCE_LOOPBACK_JS = Path(__file__).resolve().parents[2] / "streamkit" / "devtools" / "localstack" / "force_loopback.js"
@@ -39,13 +40,6 @@ FORCE_LOOPBACK_JS = Path(__file__).resolve().parents[2] / "streamkit" / "devtool
 def aws(service: str, endpoint_url: str) -> Any:
     config = Config(connect_timeout=2, read_timeout=10, retries={"max_attempts": 2, "mode": "standard"})
     return boto3.client(service, endpoint_url=endpoint_url, region_name=REGION, config=config)
-
-
-def wait_active(kinesis: Any, stream: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["StreamStatus"] != ("ACTIVE"):
-        assert time.monotonic() < deadline, f"stream {stream} not ACTIVE after {timeout} s"
-        time.sleep(0.02)
 
 
 # --- moto ------------------------------------------------------------------------------------------------
@@ -103,7 +97,7 @@ def _shard_for(key: str, shards: list[dict[str, Any]]) -> str:
 def test_kinesalite_create_put_get(kinesalite: Kinesalite, aws_env: dict[str, str]) -> None:
     kinesis = aws("kinesis", kinesalite.endpoint_url)
     kinesis.create_stream(StreamName="orders", ShardCount=2)
-    wait_active(kinesis, "orders")
+    wait_active(kinesis, "orders", timeout=10)
     sent = {f"key-{i}": f"payload-{i}".encode() for i in range(20)}
     result = kinesis.put_records(StreamName="orders", Records=[{"PartitionKey": k, "Data": v} for k, v in sent.items()])
     assert result["FailedRecordCount"] == 0
@@ -138,7 +132,7 @@ def test_kinesis_local_split_closes_parent_with_child_shards(
 ) -> None:
     kinesis = aws("kinesis", kinesis_local.endpoint_url)
     kinesis.create_stream(StreamName="split-me", ShardCount=1)
-    wait_active(kinesis, "split-me")
+    wait_active(kinesis, "split-me", timeout=10)
     kinesis.put_record(StreamName="split-me", PartitionKey="a", Data=b"before-split")
     (parent,) = kinesis.list_shards(StreamName="split-me")["Shards"]
     iterator = kinesis.get_shard_iterator(
@@ -147,7 +141,7 @@ def test_kinesis_local_split_closes_parent_with_child_shards(
 
     middle = (int(parent["HashKeyRange"]["EndingHashKey"]) + 1) // 2
     kinesis.split_shard(StreamName="split-me", ShardToSplit=parent["ShardId"], NewStartingHashKey=str(middle))
-    wait_active(kinesis, "split-me")
+    wait_active(kinesis, "split-me", timeout=10)
 
     shards = {s["ShardId"]: s for s in kinesis.list_shards(StreamName="split-me")["Shards"]}
     children = sorted(sid for sid, s in shards.items() if s.get("ParentShardId") == parent["ShardId"])

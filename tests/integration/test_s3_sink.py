@@ -46,7 +46,7 @@ from streamkit.errors import ConfigError, SinkError
 from streamkit.plugin_env import PluginEnv
 from streamkit.runtime import Pipeline, Route, RunSummary, Runtime
 from streamkit.sink import BufferedSink, BufferOptions, Rejection
-from tests.helpers import modelled_response, wait_for
+from tests.helpers import injected_error, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -175,7 +175,7 @@ class Faults:
         if not self.first < self.calls <= self.first + self.count:
             return None  # the real call goes to moto
         self.injected += 1
-        return modelled_response(self.status, {"Error": {"Code": self.code, "Message": f"injected {self.code}"}})
+        return injected_error(self.status, self.code)
 
 
 def records(n: int, pad: int = 80) -> list[bytes]:
@@ -600,10 +600,12 @@ async def test_fan_out_checkpoints_only_what_both_sinks_confirmed(
     pipeline = Pipeline("fan-out", base.source, base.chain, routes, None, store, base.settings, 0.05, base.metrics)
 
     task = asyncio.create_task(run(pipeline))
-    await wait_for(lambda: task.done() or s3_sink.stats.objects_written >= 3, timeout=30)
+    # Wait on the acknowledgements themselves: an object is counted written before its segment is
+    # acknowledged, and segments may finish out of order (a loaded machine widens both gaps).
+    await wait_for(lambda: task.done() or contiguous(s3_sink.confirmed) >= 799, timeout=30)
     assert not task.done(), task.result()
     # S3 confirmed objects while the other sink kept failing: nothing may be checkpointed yet.
-    assert contiguous(s3_sink.confirmed) >= 799 and not flaky.confirmed
+    assert s3_sink.stats.objects_written >= 2 and not flaky.confirmed
     assert store.history == []
     flaky.healthy.set()
     summary = await task

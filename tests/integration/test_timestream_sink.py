@@ -25,7 +25,6 @@ from typing import Any
 
 import boto3
 import pytest
-from aiobotocore.session import get_session
 
 from streamkit.build import build_pipeline
 from streamkit.config import AwsSettings, convert, parse_config
@@ -35,7 +34,7 @@ from streamkit.devtools.localstack import MotoServer
 from streamkit.errors import ConfigError, SinkError
 from streamkit.plugin_env import PluginEnv
 from streamkit.runtime import Runtime
-from tests.helpers import modelled_response, started, ticketed, wait_for
+from tests.helpers import ForwardingFaults, injected_error, modelled_response, started, ticketed, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,39 +82,27 @@ def make_sink(moto: MotoServer, **overrides: Any) -> tuple[TimestreamSink, Memor
     return sink, dlq
 
 
-class TimestreamFaults:
+class TimestreamFaults(ForwardingFaults):
     """A before-call hook: rejected records and whole-call errors; everything else goes to moto."""
 
     def __init__(self, endpoint_url: str, reject: Callable[[dict[str, Any]], str | None] | None = None) -> None:
-        self.endpoint_url = endpoint_url
+        super().__init__("timestream-write", endpoint_url, REGION)
         self.reject = reject or (lambda record: None)
-        self.call_errors: list[tuple[int, str]] = []
         self.calls: list[dict[str, Any]] = []
-        self.gate: asyncio.Event | None = None
-
-    async def __aenter__(self) -> TimestreamFaults:
-        self._cm = get_session().create_client("timestream-write", endpoint_url=self.endpoint_url, region_name=REGION)
-        self._forward = await self._cm.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._cm.__aexit__(None, None, None)
 
     async def __call__(self, params: dict[str, Any], **_: Any) -> Any:
-        if self.gate is not None:
-            await self.gate.wait()
+        await self.held()
         body = json.loads(params["body"])
         self.calls.append(body)
         if self.call_errors:
-            status, code = self.call_errors.pop(0)
-            return modelled_response(status, {"Error": {"Code": code, "Message": f"injected {code}"}})
+            return injected_error(*self.call_errors.pop(0))
         reasons = {i: reason for i, r in enumerate(body["Records"]) if (reason := self.reject(r))}
         if not reasons:
             return None  # the real call goes to moto
         accepted = [r for i, r in enumerate(body["Records"]) if i not in reasons]
         if accepted:
             extra = {"CommonAttributes": body["CommonAttributes"]} if "CommonAttributes" in body else {}
-            await self._forward.write_records(DatabaseName=DB, TableName=TABLE, Records=accepted, **extra)
+            await self.forward.write_records(DatabaseName=DB, TableName=TABLE, Records=accepted, **extra)
         rejected: list[dict[str, Any]] = [{"RecordIndex": i, "Reason": reason} for i, reason in reasons.items()]
         for item in rejected:
             if "version" in item["Reason"]:

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import sys
-import tracemalloc
-from collections.abc import Callable
-from typing import Any
 
 import orjson
 import pytest
@@ -17,20 +13,9 @@ from streamkit.batch import Partition, RecordBatch
 from streamkit.devtools.bench.data import record_payloads
 from streamkit.footprint import BYTES_HEADER, POINTER, batch_footprint, deep_size, footprint, sampled_size
 from streamkit.json_bytes import dumps_all, dumps_tight
+from tests.helpers import traced
 
 P = Partition("test", "0")
-
-
-def traced(build: Callable[[], Any]) -> tuple[Any, int]:
-    """What ``build()`` returns and the memory it still holds (tracemalloc)."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        result = build()
-        return result, tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
 
 
 def test_sampled_size_of_decoded_records_is_within_a_tenth_of_tracemalloc() -> None:

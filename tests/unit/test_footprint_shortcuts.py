@@ -3,10 +3,7 @@ columns really hold, as tracemalloc sees it, and the same figures as the general
 
 from __future__ import annotations
 
-import gc
 import sys
-import tracemalloc
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,20 +11,9 @@ import numpy as np
 from streamkit.acks import AckError, PartitionTracker
 from streamkit.batch import Partition, RecordBatch
 from streamkit.footprint import _objects, batch_footprint, positions_size, sampled_size
+from tests.helpers import traced
 
 P = Partition("test", "0")
-
-
-def traced(build: Callable[[], Any]) -> tuple[Any, int]:
-    """What ``build()`` returns and the memory it still holds (tracemalloc)."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        result = build()
-        return result, tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
 
 
 def walked(items: list[Any], samples: int = 24) -> int:

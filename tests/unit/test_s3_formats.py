@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import random
+import uuid
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +47,7 @@ SCHEMA: dict[str, Any] = {
         {"name": "note", "type": ["null", "string"], "default": None},
     ],
 }
+UUID = "3f1c2a4e-9b7d-4e21-8c55-0d6a7b8e9f10"
 WORDS = ["alpha", "beta", "gamma", "delta", "kappa", "sigma", "omega", "lorem", "ipsum"]
 
 
@@ -219,6 +222,95 @@ def test_avro_payload_failures_map_to_payload_indexes() -> None:
         (2, "does not match the Avro schema"),
     ]
     assert read_avro(writer.finish()) == avro_ts(good)
+
+
+NUMBERS: dict[str, Any] = {
+    "type": "record",
+    "name": "Reading",
+    "fields": [
+        {"name": "f", "type": "float"},
+        {"name": "d", "type": "double"},
+        {"name": "maybe", "type": ["null", "float"], "default": None},
+        {"name": "series", "type": {"type": "array", "items": "float"}, "default": []},
+        {"name": "gauges", "type": {"type": "map", "values": "double"}, "default": {}},
+        {"name": "either", "type": ["double", "long"], "default": 0},
+        {"name": "id", "type": {"type": "string", "logicalType": "uuid"}, "default": UUID},
+    ],
+}
+
+
+_INEXACT: list[tuple[str, Any, str]] = [
+    ("f", 1e300, "'f' (float)"),
+    ("f", -1e300, "'f' (float)"),
+    ("f", 3.5e38, "'f' (float)"),
+    ("f", 2**200, "'f' (float)"),  # orjson reads an integer beyond 2^64 as a float: still too big
+    ("f", 16_777_217, "'f' (float)"),  # an integer a 32-bit float cannot hold: it would be 16777216.0
+    ("d", 2**53 + 1, "'d' (double)"),
+    ("maybe", 1e300, "'maybe' (float)"),
+    ("series", [1.0, 1e300], "'series[]' (float)"),
+    ("gauges", {"a": 2**60 + 1}, "'gauges{}' (double)"),
+    ("either", 2**53 + 1, "'either' (double)"),  # fastavro writes the first branch that validates
+    ("id", "not-a-uuid", "'id' (uuid)"),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named", "as_json"),
+    [(*case, as_json) for case in _INEXACT for as_json in (True, False)]
+    + [("d", 2**1100, "'d' (double)", False)],  # not a JSON number anyone can read (orjson: infinity)
+)
+def test_avro_values_the_schema_cannot_hold_exactly_are_rejected_naming_the_field(
+    field: str, value: Any, named: str, as_json: bool
+) -> None:
+    good = {"f": 1.5, "d": 0.1, "maybe": None, "series": [2.5], "gauges": {"x": 1.0}, "either": 7, "id": UUID}
+    writer = make_writer("avro", compression="deflate", avro_schema=NUMBERS)
+    batch = [good, {**good, field: value}, good]
+    with pytest.raises(RecordEncodeError) as caught:
+        if as_json:
+            writer.write_payloads([json.dumps(v).encode() for v in batch])
+        else:
+            writer.write_values(batch)
+    assert [f.index for f in caught.value.failures] == [1]
+    reason = caught.value.failures[0].reason
+    assert reason.startswith("does not match the Avro schema: field " + named), reason
+    assert caught.value.written == 2 and writer.records == 2
+    expected = {**good, "either": 7.0, "id": uuid.UUID(UUID)}  # as fastavro reads them
+    assert read_avro(writer.finish()) == [expected, expected]
+
+
+def test_avro_values_that_fit_are_written_as_they_are() -> None:
+    """Rounding to 32-bit precision is what a float field is; a non-finite value stays what it is."""
+    writer = make_writer("avro", compression=None, avro_schema=NUMBERS)
+    fits = [
+        {"f": 3.4028234e38, "d": 2.0**1000, "either": 2**53, "gauges": {"a": 2**53}},
+        {"f": 16_777_216, "d": -(2**63), "maybe": -3.4e38, "series": [1e-3, float("inf")]},
+        {"f": float("-inf"), "d": 1e308, "id": UUID},
+    ]
+    writer.write_values(fits)
+    back = read_avro(writer.finish())
+    assert [r["f"] for r in back] == [pytest.approx(3.4028234e38, rel=1e-7), 16_777_216.0, float("-inf")]
+    assert [r["d"] for r in back] == [2.0**1000, -(2.0**63), 1e308]
+    assert back[0]["either"] == 2.0**53 and back[0]["gauges"] == {"a": 2.0**53}
+    assert back[1]["maybe"] == pytest.approx(-3.4e38, rel=1e-7) and back[1]["series"][1] == float("inf")
+
+
+def test_avro_a_record_the_encoder_fails_half_way_leaves_no_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should a value pass both checks and still fail in fastavro's encoder (here: the exactness check is
+    switched off), the fields it wrote before failing must not stay in the block."""
+    schema = {
+        "type": "record",
+        "name": "r",
+        "fields": [{"name": "s", "type": "string"}, {"name": "d", "type": "double"}],
+    }
+    writer = make_writer("avro", compression="deflate", avro_schema=schema)
+    monkeypatch.setattr(writer, "_inexact", None)
+    batch = [{"s": "first", "d": 1.0}, {"s": "partial", "d": 2**1100}, {"s": "last", "d": 2.0}]
+    with pytest.raises(RecordEncodeError) as caught:
+        writer.write_values(batch)
+    assert [(f.index, f.reason.split(":")[0]) for f in caught.value.failures] == [
+        (1, "cannot be encoded with the Avro schema")
+    ]
+    assert read_avro(writer.finish()) == [batch[0], batch[2]]
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,7 +229,25 @@ def spawn_on_ports(build: Callable[[tuple[int, ...]], Launch], ports: Sequence[i
 # --- the common server object ----------------------------------------------------------------------------
 
 
-class LocalServer:
+class StopsOnExit(ABC):
+    """``with server:`` stops the server (or stack) at the end of the block, whatever happened in it."""
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalServer(StopsOnExit):
     """A running stand-in server: a child process we started, listening on 127.0.0.1 only."""
 
     name: ClassVar[str] = "server"
@@ -268,17 +287,6 @@ class LocalServer:
         terminate(self._running.process, timeout)
         if os.environ.get(KEEP_LOGS_ENV, "") not in ("1", "true", "yes"):
             shutil.rmtree(self.log_path.parent, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"

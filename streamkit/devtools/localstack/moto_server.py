@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any, Self
 
 from ._process import (
@@ -13,6 +12,7 @@ from ._process import (
     Launch,
     LocalServer,
     LocalStackError,
+    StopsOnExit,
     free_port,
     http_status,
     spawn_on_ports,
@@ -57,7 +57,7 @@ class MotoServer(LocalServer):
         _reset(self.port)
 
 
-class InProcessMotoServer:
+class InProcessMotoServer(StopsOnExit):
     """moto's ThreadedMotoServer on 127.0.0.1 in this process.
 
     Shares its backends with moto's in-process API (`moto.backends`), which is how tests read back what
@@ -105,17 +105,6 @@ class InProcessMotoServer:
         if not self._stopped:
             self._stopped = True
             self._server.stop()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.endpoint_url}>"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from types import TracebackType
 from typing import Self
 
+from ._process import StopsOnExit
 from .kinesis import Kinesalite, KinesisLocal
 from .moto_server import MotoServer
 from .tansu import TansuBroker
@@ -17,7 +17,7 @@ AnyServer = MotoServer | Kinesalite | KinesisLocal | TansuBroker
 MOTO_SERVICES = ("dynamodb", "s3", "firehose", "timestream-write")
 
 
-class LocalStack:
+class LocalStack(StopsOnExit):
     """A set of running stand-ins. Start with LocalStack.start(...), stop with .stop() or a with block."""
 
     def __init__(
@@ -100,17 +100,6 @@ class LocalStack:
         if kinesis is not None:
             endpoints["kinesis"] = kinesis.endpoint_url
         return endpoints
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<LocalStack {self.servers()!r}>"
